@@ -1,0 +1,35 @@
+"""Domain errors. Each says what the user must change; the HTTP layer maps them to 4xx."""
+
+from __future__ import annotations
+
+
+class CondaStoreError(Exception):
+    """A request that cannot be honoured as asked (becomes a 400 with `message`)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class SpecificationError(CondaStoreError):
+    """An environment specification or lockfile that is malformed or violates policy."""
+
+
+class BuildPathError(CondaStoreError):
+    """The build prefix would exceed the path length conda packages can be relocated into."""
+
+
+class NotFoundError(CondaStoreError):
+    """A named namespace, environment or build does not exist (becomes a 404)."""
+
+
+class ConflictError(CondaStoreError):
+    """The request conflicts with the current state (becomes a 409)."""
+
+
+class BuildFailure(Exception):
+    """A build step failed; `reason` is what the user sees in status_info and the log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -1,0 +1,75 @@
+"""What the server and worker commands share: `--config FILE`, `--Class.trait=value`, logging."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from traitlets import Enum, Unicode, default
+from traitlets.config import Application, catch_config_error
+
+from conda_store_server import __version__
+from conda_store_server.app import CondaStore
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class BaseApplication(Application):
+    version = __version__
+
+    config_file = Unicode(
+        "",
+        config=True,
+        help="Python configuration file (`c.CondaStore.* = ...`) loaded at start, e.g. "
+        "`conda_store_config.py`. A missing file is an error.",
+    )
+    log_level = Enum(
+        LOG_LEVELS,
+        "INFO",
+        config=True,
+        help="Level of all logging: DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+    )
+
+    aliases = {"config": "BaseApplication.config_file"}
+
+    @default("log_level")
+    def _default_log_level(self) -> str:
+        return "INFO"
+
+    @catch_config_error
+    def initialize(self, argv: list[str] | None = None) -> None:
+        super().initialize(argv)
+        if self.config_file:
+            if not os.path.isfile(self.config_file):
+                self.log.critical("config file %s does not exist", self.config_file)
+                sys.exit(1)
+            self.load_config_file(self.config_file)
+            # command-line values win over the file, as in every traitlets application
+            if self.cli_config:
+                self.update_config(self.cli_config)
+        logging.basicConfig(
+            level=self.log_level,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        self.log.setLevel(self.log_level)
+
+    def make_conda_store(self) -> CondaStore:
+        conda_store = CondaStore(parent=self, log=self.log)
+        conda_store.report_conda_command()
+        return conda_store
+
+    def command_line_arguments(self) -> list[str]:
+        """Arguments that reproduce this application's configuration in a child command."""
+        arguments = [f"--config={os.path.abspath(self.config_file)}"] if self.config_file else []
+        arguments.extend(a for a in self.extra_args_given if a.startswith("--") and "=" in a)
+        return arguments
+
+    @property
+    def extra_args_given(self) -> list[str]:
+        return list(getattr(self, "_argv", []))
+
+    def parse_command_line(self, argv: Any = None) -> None:
+        self._argv = list(sys.argv[1:] if argv is None else argv)
+        super().parse_command_line(argv)

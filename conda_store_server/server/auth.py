@@ -1,0 +1,347 @@
+"""Authentication (who is calling) and authorization (what their role bindings allow).
+
+Classes and traits sit at the seed's import paths. Deviations from the original, on purpose:
+the signing secret persists across restarts, ARN patterns are matched literally (only `*` is a
+wildcard), and an environment-level binding does not grant namespace-level permissions.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import enum
+import os
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+from traitlets import Bool, Dict, Instance, Integer, Type, Unicode, default, validate, TraitError
+from traitlets.config import LoggingConfigurable
+
+from conda_store_server.app import conda_store_dir
+
+
+class Permissions(enum.Enum):
+    ENVIRONMENT_CREATE = "environment:create"
+    ENVIRONMENT_READ = "environment::read"
+    ENVIRONMENT_UPDATE = "environment::update"
+    ENVIRONMENT_DELETE = "environment::delete"
+    ENVIRONMENT_SOLVE = "environment::solve"
+    BUILD_CANCEL = "build::cancel"
+    BUILD_DELETE = "build::delete"
+    NAMESPACE_CREATE = "namespace::create"
+    NAMESPACE_READ = "namespace::read"
+    NAMESPACE_UPDATE = "namespace::update"
+    NAMESPACE_DELETE = "namespace::delete"
+    NAMESPACE_ROLE_MAPPING_CREATE = "namespace-role-mapping::create"
+    NAMESPACE_ROLE_MAPPING_READ = "namespace-role-mapping::read"
+    NAMESPACE_ROLE_MAPPING_UPDATE = "namespace-role-mapping::update"
+    NAMESPACE_ROLE_MAPPING_DELETE = "namespace-role-mapping::delete"
+    SETTING_READ = "setting::read"
+    SETTING_UPDATE = "setting::update"
+
+
+_VIEWER = {
+    Permissions.ENVIRONMENT_READ,
+    Permissions.NAMESPACE_READ,
+    Permissions.NAMESPACE_ROLE_MAPPING_READ,
+}
+_EDITOR = _VIEWER | {
+    Permissions.BUILD_CANCEL,
+    Permissions.ENVIRONMENT_CREATE,
+    Permissions.ENVIRONMENT_UPDATE,
+    Permissions.ENVIRONMENT_SOLVE,
+    Permissions.SETTING_READ,
+}
+DEFAULT_ROLE_MAPPINGS: dict[str, set[Permissions]] = {
+    "viewer": _VIEWER,
+    "editor": _EDITOR,
+    "developer": _EDITOR,
+    "admin": set(Permissions),
+}
+ARN_CHARACTERS = r"A-Za-z0-9\-+_@$&?^~.="
+ARN_PATTERN = re.compile(rf"^([{ARN_CHARACTERS}*]+)/([{ARN_CHARACTERS}*]+)$")
+
+
+def normalize_role(role: str) -> str:
+    """`editor` is the preferred name; the database and tokens store the legacy `developer`."""
+    return "developer" if role == "editor" else role
+
+
+def _segment_regex(pattern: str) -> str:
+    return "".join(f"[{ARN_CHARACTERS}]*" if c == "*" else re.escape(c) for c in pattern)
+
+
+def arn_matches(binding: str, arn: str) -> bool:
+    """Does a binding `ns/env` (with `*` wildcards) cover the resource ARN `ns` or `ns/env`?
+
+    A binding covers a namespace ARN only when its environment part is `*`: access to one
+    environment is not access to its namespace.
+    """
+    match = ARN_PATTERN.match(binding)
+    if match is None:
+        return False
+    namespace_pattern, name_pattern = match.groups()
+    if "/" in arn:
+        namespace, name = arn.split("/", 1)
+        return bool(re.fullmatch(_segment_regex(namespace_pattern), namespace)
+                    and re.fullmatch(_segment_regex(name_pattern), name))
+    return bool(name_pattern == "*" and re.fullmatch(_segment_regex(namespace_pattern), arn))
+
+
+@dataclass
+class AuthenticationToken:
+    primary_namespace: str = "default"
+    role_bindings: dict[str, list[str]] = field(default_factory=dict)
+    exp: datetime.datetime = field(
+        default_factory=lambda: datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
+    )
+
+    def claims(self) -> dict[str, Any]:
+        return {
+            "exp": int(self.exp.timestamp()),
+            "primary_namespace": self.primary_namespace,
+            "role_bindings": {k: sorted(set(v)) for k, v in self.role_bindings.items()},
+        }
+
+
+class AuthenticationBackend(LoggingConfigurable):
+    secret = Unicode(
+        config=True,
+        help="Symmetric secret that signs tokens and cookies. Default: generated once and kept "
+        "(mode 0600) in `secret_file`, so sessions survive restarts and are shared by replicas "
+        "that share the store.",
+    )
+    secret_file = Unicode(
+        config=True,
+        help="Where the generated secret is kept when `secret` is not configured. Default: "
+        "`<store_directory>/.secret` when run by the server.",
+    )
+    jwt_algorithm = Unicode("HS256", config=True, help="JWT signing algorithm, e.g. HS256.")
+    predefined_tokens = Dict(
+        {},
+        config=True,
+        help="Service-account tokens: {token string: {'primary_namespace': ..., 'role_bindings': "
+        "{arn: [roles]}, 'exp': ...}}; every field optional.",
+    )
+
+    @default("secret_file")
+    def _default_secret_file(self) -> str:
+        return os.path.join(conda_store_dir(), ".secret")
+
+    @default("secret")
+    def _default_secret(self) -> str:
+        return load_or_create_secret(self.secret_file)
+
+    def encrypt_token(self, token: AuthenticationToken) -> str:
+        return jwt.encode(token.claims(), self.secret, algorithm=self.jwt_algorithm)
+
+    def decrypt_token(self, value: str) -> AuthenticationToken | None:
+        """A valid token's claims, or None (expired, forged, malformed): the caller is anonymous."""
+        if value in self.predefined_tokens:
+            return _token_from_claims(dict(self.predefined_tokens[value]))
+        try:
+            claims = jwt.decode(value, self.secret, algorithms=[self.jwt_algorithm])
+        except jwt.PyJWTError:
+            return None
+        return _token_from_claims(claims)
+
+
+def _token_from_claims(claims: dict[str, Any]) -> AuthenticationToken | None:
+    try:
+        exp = claims.get("exp")
+        token = AuthenticationToken(
+            primary_namespace=str(claims.get("primary_namespace", "default")),
+            role_bindings={str(k): [str(r) for r in v] for k, v in dict(claims.get("role_bindings") or {}).items()},
+        )
+        if isinstance(exp, int | float):
+            token.exp = datetime.datetime.fromtimestamp(exp, datetime.UTC)
+        elif isinstance(exp, datetime.datetime):
+            token.exp = exp if exp.tzinfo else exp.replace(tzinfo=datetime.UTC)
+        return token
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def load_or_create_secret(path: str) -> str:
+    """Read the secret, or write a new one exactly once (O_EXCL: concurrent starters agree)."""
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    value = secrets.token_hex(32)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        with open(path) as handle:
+            return handle.read().strip()
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(value)
+    return value
+
+
+class AuthorizationBackend(LoggingConfigurable):
+    role_mappings = Dict(
+        {role: {p.value for p in permissions} for role, permissions in DEFAULT_ROLE_MAPPINGS.items()},
+        config=True,
+        help="Role name -> set of permission strings. Defaults: viewer, editor (alias developer), "
+        "admin.",
+    )
+    unauthenticated_role_bindings = Dict(
+        {"default/*": {"viewer"}},
+        config=True,
+        help="Role bindings {arn: {roles}} of anonymous callers.",
+    )
+    authenticated_role_bindings = Dict(
+        {"default/*": {"viewer"}, "filesystem/*": {"viewer"}},
+        config=True,
+        help="Role bindings every authenticated caller has in addition to their token's.",
+    )
+
+    def permissions_of_roles(self, roles: Iterable[str]) -> set[str]:
+        result: set[str] = set()
+        for role in roles:
+            names = ("editor", "developer") if normalize_role(role) == "developer" else (role,)
+            for name in names:
+                if name in self.role_mappings:
+                    result |= {p.value if isinstance(p, Permissions) else p
+                               for p in self.role_mappings[name]}
+                    break
+        return result
+
+    def entity_bindings(self, entity: AuthenticationToken | None) -> dict[str, set[str]]:
+        if entity is None:
+            return {arn: set(roles) for arn, roles in self.unauthenticated_role_bindings.items()}
+        bindings = {arn: set(roles) for arn, roles in self.authenticated_role_bindings.items()}
+        bindings.update({arn: set(roles) for arn, roles in entity.role_bindings.items()})
+        return bindings
+
+    def permissions(self, entity: AuthenticationToken | None, arn: str) -> set[str]:
+        granted: set[str] = set()
+        for binding, roles in self.entity_bindings(entity).items():
+            if arn_matches(binding, arn):
+                granted |= self.permissions_of_roles(roles)
+        return granted
+
+    def authorize(self, entity: AuthenticationToken | None, arn: str,
+                  required: Iterable[Permissions]) -> bool:
+        granted = self.permissions(entity, arn)
+        return all(p.value in granted for p in required)
+
+
+class RBACAuthorizationBackend(AuthorizationBackend):
+    role_mappings_version = Integer(
+        1,
+        config=True,
+        help="Which database role mappings are consulted: 1 (legacy, default) or 2 (recommended).",
+    )
+
+    @validate("role_mappings_version")
+    def _check_version(self, proposal: dict[str, Any]) -> int:
+        if proposal["value"] not in (1, 2):
+            raise TraitError(
+                "c.RBACAuthorizationBackend.role_mappings_version: invalid role mappings "
+                f"version: {proposal['value']}, expected: (1, 2)"
+            )
+        return proposal["value"]
+
+
+class Authentication(LoggingConfigurable):
+    cookie_name = Unicode("conda-store-auth", config=True, help="Name of the browser cookie.")
+    cookie_domain = Unicode(
+        None, allow_none=True, config=True,
+        help="Domain of the cookie, e.g. `example.com` to make it valid on *.example.com too.",
+    )
+    authentication_backend = Type(
+        AuthenticationBackend, klass=AuthenticationBackend, config=True,
+        help="Class that signs and reads tokens.",
+    )
+    authorization_backend = Type(
+        RBACAuthorizationBackend, klass=AuthorizationBackend, config=True,
+        help="Class that turns role bindings into permissions.",
+    )
+    login_html = Unicode(
+        config=True,
+        help="HTML of the login form (rendered with Jinja2; `next` is available).",
+    )
+
+    authentication = Instance(AuthenticationBackend)
+    authorization = Instance(AuthorizationBackend)
+
+    @default("authentication")
+    def _default_authentication(self) -> AuthenticationBackend:
+        return self.authentication_backend(parent=self, log=self.log)
+
+    @default("authorization")
+    def _default_authorization(self) -> AuthorizationBackend:
+        return self.authorization_backend(parent=self, log=self.log)
+
+    @default("login_html")
+    def _default_login_html(self) -> str:
+        return LOGIN_FORM
+
+    def authenticate(self, username: str, password: str) -> AuthenticationToken | None:
+        """Whom a username/password identifies; the base class trusts nobody."""
+        return None
+
+    def entity_from_headers(self, cookie: str | None, authorization: str | None) -> AuthenticationToken | None:
+        """Cookie first, then `Bearer <jwt>`, then `Basic` with the token as password."""
+        if cookie is not None:
+            return self.authentication.decrypt_token(cookie)
+        if authorization:
+            scheme, _, value = authorization.partition(" ")
+            if scheme.lower() == "bearer":
+                return self.authentication.decrypt_token(value.strip())
+            if scheme.lower() == "basic":
+                try:
+                    decoded = base64.b64decode(value.strip(), validate=True).decode()
+                except (binascii.Error, UnicodeDecodeError):
+                    return None
+                return self.authentication.decrypt_token(decoded.partition(":")[2])
+        return None
+
+
+class DummyAuthentication(Authentication):
+    password = Unicode(
+        "password",
+        config=True,
+        help="Password every user logs in with (testing only). Empty accepts any password.",
+    )
+
+    def authenticate(self, username: str, password: str) -> AuthenticationToken | None:
+        if not username or (self.password and not secrets.compare_digest(password, self.password)):
+            return None
+        return AuthenticationToken(primary_namespace=username, role_bindings={"*/*": ["admin"]})
+
+
+LOGIN_FORM = """<!DOCTYPE html>
+<html><head><title>conda-store login</title></head>
+<body>
+<h1>Log in to conda-store</h1>
+<form id="login">
+  <label>Username <input name="username" autocomplete="username" required></label>
+  <label>Password <input name="password" type="password" autocomplete="current-password"></label>
+  <button type="submit">Log in</button>
+  <p id="error" role="alert"></p>
+</form>
+<script>
+document.getElementById("login").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = new FormData(event.target);
+  const response = await fetch(window.location.href, {
+    method: "POST", headers: {"Content-Type": "application/json"}, credentials: "same-origin",
+    body: JSON.stringify({username: form.get("username"), password: form.get("password")}),
+  });
+  const body = await response.json();
+  if (response.ok) { window.location = body.data.redirect_url; }
+  else { document.getElementById("error").textContent = body.message; }
+});
+</script>
+</body></html>
+"""

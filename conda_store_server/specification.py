@@ -1,0 +1,732 @@
+"""Environment specifications: the models, their content hash, parsing and the policy.
+
+An environment is described by an ``environment.yaml`` (:class:`CondaSpecification`) or by a
+user-supplied conda-lock v1 file (:class:`LockfileSpecification`). This module turns the text a
+user sent into one of those models, or into a :class:`SpecificationError` whose message says
+what to change. It also computes the content hash that deduplicates specifications, and applies
+a deployment's package and channel policy (:class:`SpecificationPolicy`).
+
+Everything here is pure and deterministic: no disk, network, clock or environment variables.
+That way the HTTP layer can validate before it authorizes (as upstream does), and tests need
+no fixtures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import Annotated, Any
+
+import rattler
+import yaml
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Discriminator,
+    Tag,
+    ValidationError,
+)
+from pydantic_core import PydanticCustomError
+from rattler.exceptions import InvalidMatchSpecError
+
+from conda_store_server.exception import SpecificationError
+
+# conda-lock's package __init__ imports its whole CLI, and two of those modules emit
+# deprecation warnings at import time (a vendored conda `frozendict` shim and
+# `importlib.resources.path`). Under `filterwarnings = error` those would abort whichever
+# import reaches conda_lock first. The filter is scoped to this import, to deprecation
+# categories, and to warnings attributed to conda_lock's own modules, so nothing else is hidden.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"conda_lock(\.|$)")
+    warnings.filterwarnings(
+        "ignore", category=PendingDeprecationWarning, module=r"conda_lock(\.|$)"
+    )
+    from conda_lock.lockfile.v1.models import Lockfile
+
+__all__ = [
+    "MAX_ERROR_LINES",
+    "MAX_LOCKFILE_BYTES",
+    "MAX_NAME_LENGTH",
+    "MAX_SPECIFICATION_BYTES",
+    "NAME_PATTERN",
+    "SUPPORTED_PIP_OPTIONS",
+    "CondaSpecification",
+    "CondaSpecificationPip",
+    "LockfileSpecification",
+    "SpecificationPolicy",
+    "apply_policy",
+    "datastructure_hash",
+    "normalize_channel",
+    "parse_lockfile_specification",
+    "parse_specification",
+    "specification_hash",
+    "validate_name",
+]
+
+#: Upstream's pattern for environment names. We additionally reject ".", ".." and anything
+#: containing "..", and names longer than MAX_NAME_LENGTH, because names become path
+#: components of build and environment directories.
+NAME_PATTERN = r"^[A-Za-z0-9-+_@$&?^~.=]+$"
+#: Longest accepted name: the common file-name limit of Linux and macOS file systems.
+MAX_NAME_LENGTH = 255
+#: Largest environment.yaml text accepted; real specifications are a few kilobytes.
+MAX_SPECIFICATION_BYTES = 1024 * 1024
+#: Largest conda-lock text accepted. Lockfiles list every package for every platform, so they
+#: are legitimately far bigger than specifications (a large 3-platform lock is ~1-2 MiB).
+MAX_LOCKFILE_BYTES = 16 * 1024 * 1024
+#: At most this many validation errors are reported; a generated 1 MiB list of bad entries
+#: would otherwise produce a megabyte-long message.
+MAX_ERROR_LINES = 50
+#: The only pip options accepted inside `- pip: [...]` (upstream's list, in upstream's order,
+#: which also appears in the error message).
+SUPPORTED_PIP_OPTIONS: tuple[str, ...] = ("--index-url", "--extra-index-url", "--trusted-host")
+
+# `fullmatch` rather than `match`: with `match`, "$" also matches before a trailing newline.
+_NAME_CHARS = re.compile(r"[A-Za-z0-9\-+_@$&?^~.=]+")
+_NAME_ALLOWED = "letters, digits and the characters - + _ @ $ & ? ^ ~ . ="
+_PIP_OPTION = re.compile(r"(--[^ =]+)(?:[ =](.*))?", re.DOTALL)
+_LOCKFILE_MANAGERS = ("conda", "pip")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _has_control(value: str) -> bool:
+    """True if `value` holds a control character (newline, NUL, DEL, ...).
+
+    Those can never be part of a package name, channel or pip option, and a newline in a pip
+    entry would inject an extra line into the requirements file given to the installer.
+    """
+    return any(unicodedata.category(ch) == "Cc" for ch in value)
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    """`repr` of a user value, cut short so an oversized input cannot bloat the message."""
+    if len(value) > limit:
+        return repr(value[:limit]) + f"... ({len(value)} characters)"
+    return repr(value)
+
+
+def _plain(value: str, limit: int = 200) -> str:
+    """A user value as upstream prints it (unquoted), cut short if it is huge."""
+    if len(value) > limit:
+        return value[:limit] + f"... ({len(value)} characters)"
+    return value
+
+
+def _name_problem(value: str) -> str | None:
+    """Why `value` is not an acceptable name, or None if it is."""
+    if value == "":
+        return "it is empty"
+    if len(value) > MAX_NAME_LENGTH:
+        return f"it is {len(value)} characters long, the maximum is {MAX_NAME_LENGTH}"
+    if value in (".", ".."):
+        return f"{value!r} is not allowed"
+    if ".." in value:
+        return "it contains '..'"
+    if _NAME_CHARS.fullmatch(value):
+        return None
+    if "/" in value or "\\" in value:
+        return "it contains a path separator ('/' or '\\')"
+    if _has_control(value):
+        return "it contains control characters"
+    if any(ch.isspace() for ch in value):
+        return "it contains whitespace"
+    bad = sorted({ch for ch in value if not _NAME_CHARS.fullmatch(ch)})
+    return "it contains " + ", ".join(repr(ch) for ch in bad)
+
+
+def _name_message(value: str, field: str) -> str:
+    return (
+        f"Invalid {field} {_shown(value)}: {_name_problem(value)}; "
+        f"a name may contain only {_NAME_ALLOWED} (no '/', spaces or control characters), "
+        f"must not be '.' or '..' or contain '..', and is at most {MAX_NAME_LENGTH} characters"
+    )
+
+
+def validate_name(value: str, field: str = "environment name") -> str:
+    """Return `value` if it is a valid environment (or namespace) name, else raise.
+
+    Exposed so that every place that takes a name from a user (the lockfile upload's
+    `environment_name`, namespace routes) applies the same rule with the same message.
+    """
+    if _name_problem(value) is not None:
+        raise SpecificationError(_name_message(value, field))
+    return value
+
+
+def _check_name_field(value: str) -> str:
+    """pydantic validator for `name`: the same rule, reported as a pydantic error line."""
+    problem = _name_problem(value)
+    if problem is None:
+        return value
+    # Keep pydantic's error types for the two classic failures so clients that look at the
+    # type still recognize them; the message is ours and says what is allowed.
+    error_type = "string_too_long" if len(value) > MAX_NAME_LENGTH else "string_pattern_mismatch"
+    raise PydanticCustomError(error_type, _name_message(value, "environment name"))
+
+
+def _description_or_empty(value: Any) -> Any:
+    """`description: null` means "no description": store it as "" so both hash alike."""
+    return "" if value is None else value
+
+
+def _check_conda_dependency(value: str) -> str:
+    """A conda dependency must be a MatchSpec that rattler (our solver) can parse."""
+    if value.strip() == "" or _has_control(value):
+        raise ValueError(
+            f"Invalid conda package dependency specification {value!r}: it must be a "
+            "non-empty MatchSpec such as 'numpy >=1.26' without control characters"
+        )
+    try:
+        rattler.MatchSpec(value)
+    except InvalidMatchSpecError as exc:
+        reason = _plain(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise ValueError(
+            f"Invalid conda package dependency specification {_plain(value)}: {reason}"
+        ) from exc
+    return value
+
+
+def _split_pip_option(value: str) -> tuple[str, str | None]:
+    """Split "--opt value" or "--opt=value" into (option, value-or-None)."""
+    match = _PIP_OPTION.fullmatch(value)
+    if match is None:
+        return value, None
+    return match.group(1), match.group(2)
+
+
+def _check_pip_dependency(value: str) -> str:
+    """A pip entry is a PEP 508 requirement or one of SUPPORTED_PIP_OPTIONS with a value."""
+    supported = list(SUPPORTED_PIP_OPTIONS)
+    if value.startswith("--"):
+        option, option_value = _split_pip_option(value)
+        if option not in SUPPORTED_PIP_OPTIONS:
+            raise ValueError(
+                f"Invalid pip option '{_plain(value)}' supported options are {supported}"
+            )
+        if (
+            option_value is None
+            or option_value.strip() == ""
+            or _has_control(option_value)
+            or any(ch.isspace() for ch in option_value)
+        ):
+            raise ValueError(
+                f"Invalid pip option {value!r}: {option} needs one value without spaces or "
+                f"control characters, written '{option} VALUE' or '{option}=VALUE'"
+            )
+        return value
+    invalid = _has_control(value)
+    if not invalid:
+        try:
+            Requirement(value)
+        except InvalidRequirement:
+            invalid = True
+    if invalid:
+        raise ValueError(
+            f'Invalid pypi package dependency "{_plain(value)}" ensure it follows peps '
+            "https://peps.python.org/pep-0508/ and https://peps.python.org/pep-0440/"
+        )
+    return value
+
+
+def _check_channel(value: str) -> str:
+    """A channel is a name ("conda-forge") or a URL; neither can hold whitespace."""
+    if value.strip() == "" or _has_control(value) or any(ch.isspace() for ch in value):
+        raise ValueError(
+            f"Invalid conda channel {_shown(value)}: a channel is a name such as 'conda-forge' "
+            "or a URL, without whitespace or control characters"
+        )
+    return value
+
+
+def _check_variables(value: Any) -> Any:
+    """Reject YAML floats and booleans with a hint, instead of silently coercing them.
+
+    Upstream's `dict[str, str | int]` turns `true` into 1 and `12.0` into 12, and `11.8`
+    yields two cryptic union errors; quoting the value is what the user has to do.
+    """
+    if not isinstance(value, Mapping):
+        return value
+    for key, item in value.items():
+        if isinstance(key, str) and (key == "" or "=" in key or _has_control(key)):
+            raise ValueError(
+                f"Invalid variable name {_shown(key)}: a variable name must be non-empty "
+                "and contain no '=' or control characters"
+            )
+        if isinstance(item, bool | float):
+            raise ValueError(
+                f"Invalid value for variable {key!r}: {item!r} is a {type(item).__name__}; "
+                f"variable values must be strings or integers, quote it: {key}: '{item}'"
+            )
+        if isinstance(item, str) and "\x00" in item:
+            raise ValueError(f"Invalid value for variable {key!r}: it contains a NUL character")
+    return value
+
+
+# --------------------------------------------------------------------------- models
+
+
+class CondaSpecificationPip(BaseModel):
+    """The `{"pip": [...]}` entry of `dependencies`: requirements and a few pip options."""
+
+    pip: list[Annotated[str, AfterValidator(_check_pip_dependency)]]
+
+
+def _dependency_kind(value: Any) -> str | None:
+    """Pick the arm of a dependency entry by its shape.
+
+    Upstream validates each entry against both arms of the union and reports both failures
+    (a bad conda string also says "Input should be a valid dictionary"). Choosing the arm from
+    the input's type reports only the error that applies.
+    """
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, Mapping | CondaSpecificationPip):
+        return "CondaSpecificationPip"
+    return None
+
+
+CondaDependency = Annotated[str, AfterValidator(_check_conda_dependency)]
+Dependency = Annotated[
+    Annotated[CondaDependency, Tag("str")]
+    | Annotated[CondaSpecificationPip, Tag("CondaSpecificationPip")],
+    Discriminator(
+        _dependency_kind,
+        custom_error_type="dependency_type",
+        custom_error_message=(
+            "Input should be a conda package specification string "
+            "or a 'pip' mapping holding a list of pip requirements"
+        ),
+    ),
+]
+EnvironmentName = Annotated[str, AfterValidator(_check_name_field)]
+Description = Annotated[str, BeforeValidator(_description_or_empty)]
+
+
+class CondaSpecification(BaseModel):
+    """An `environment.yaml` as conda-store understands it.
+
+    Unknown top-level keys are ignored (pydantic's default, and upstream's behaviour), so
+    files written for conda with extra keys still work. `description: null` is stored as
+    "" (see `Description`), so the attribute is always a string.
+    """
+
+    name: EnvironmentName
+    channels: list[Annotated[str, AfterValidator(_check_channel)]] = []
+    dependencies: list[Dependency] = []
+    description: Description = ""
+    prefix: str | None = None
+    variables: Annotated[dict[str, str | int] | None, BeforeValidator(_check_variables)] = None
+
+    def conda_dependencies(self) -> list[str]:
+        """The conda MatchSpec strings, in the order written."""
+        return [dep for dep in self.dependencies if isinstance(dep, str)]
+
+    def pip_dependencies(self) -> list[str]:
+        """All pip entries (requirements and options) of every `{"pip": [...]}` entry."""
+        return [
+            item
+            for dep in self.dependencies
+            if isinstance(dep, CondaSpecificationPip)
+            for item in dep.pip
+        ]
+
+
+class LockfileSpecification(BaseModel):
+    """A user-supplied conda-lock v1 file, with the name and description sent beside it.
+
+    The dump contains `lockfile.version == 1`: conda-lock's v1 model declares it as a
+    `Literal[1]` field, which is what upstream achieves by re-adding the key on dump.
+    """
+
+    name: EnvironmentName
+    description: Description = ""
+    lockfile: Lockfile
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+def _sort_key(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return str(type(value))
+    return f"{type(value)}-{value}"
+
+
+def _recursive_sort(value: Any) -> Any:
+    """Sort dict keys and list items, recursively, exactly as upstream does.
+
+    List items are sorted *before* recursing, by type name for containers (so all dicts
+    compare equal and keep their relative order) and by "type-value" for scalars.
+    """
+    if isinstance(value, dict):
+        return {key: _recursive_sort(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_recursive_sort(item) for item in sorted(value, key=_sort_key)]
+    return value
+
+
+def datastructure_hash(value: Any) -> str:
+    """sha256 of the canonical JSON of `value`: upstream's algorithm, bit for bit.
+
+    Kept identical (default `json.dumps` separators, list items sorted too) so that a
+    specification hashes to the same value here and in conda-store; as a consequence the
+    order of dependencies does not change the hash.
+    """
+    text = json.dumps(_recursive_sort(value))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def specification_hash(spec: CondaSpecification | LockfileSpecification) -> str:
+    """The deduplication key of a specification: the hash of its full JSON dump.
+
+    Computed on what is stored (after policy, for conda specifications), with every field
+    present (`description`, `prefix`, `variables`), as upstream does.
+    """
+    return datastructure_hash(spec.model_dump(mode="json"))
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _error_lines(error: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[str]:
+    """pydantic errors as upstream's lines: "<msg> (type=<type>, loc=<loc tuple>)"."""
+    return [
+        f"{item['msg']} (type={item['type']}, loc={prefix + tuple(item['loc'])})"
+        for item in error.errors(include_url=False, include_context=False, include_input=False)
+    ]
+
+
+def _join_lines(lines: list[str]) -> str:
+    """One message from error lines, capped at MAX_ERROR_LINES."""
+    if len(lines) > MAX_ERROR_LINES:
+        hidden = len(lines) - MAX_ERROR_LINES
+        lines = [*lines[:MAX_ERROR_LINES], f"... and {hidden} more validation errors"]
+    return "\n".join(lines)
+
+
+def _load_document(text: str, what: str, limit: int) -> dict[str, Any]:
+    """Parse YAML or JSON text into a mapping, or raise SpecificationError saying why not."""
+    if not isinstance(text, str):
+        raise SpecificationError(f"The {what} must be text (YAML or JSON)")
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size > limit:
+        raise SpecificationError(
+            f"The {what} is too large: {size} bytes, the maximum is {limit} bytes "
+            f"({limit // (1024 * 1024)} MiB)"
+        )
+    try:
+        stripped = text.lstrip()
+        if stripped.startswith(("{", "[")):
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError:
+                data = yaml.safe_load(text)  # flow-style YAML is not always JSON
+        else:
+            data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        detail = ", ".join(part for part in (exc.context, exc.problem) if part)
+        mark = exc.problem_mark or exc.context_mark
+        if mark is not None:
+            detail += f" (line {mark.line + 1}, column {mark.column + 1})"
+        raise SpecificationError(f"Unable to parse. Invalid YAML: {detail}") from exc
+    except yaml.YAMLError as exc:
+        raise SpecificationError(f"Unable to parse. Invalid YAML: {exc}") from exc
+    except RecursionError as exc:
+        raise SpecificationError(
+            "Unable to parse. Invalid YAML: the document is nested too deeply"
+        ) from exc
+    if data is None:
+        raise SpecificationError(f"The {what} is empty: expected a YAML mapping of keys to values")
+    if not isinstance(data, dict):
+        raise SpecificationError(
+            f"The {what} must be a YAML mapping of keys to values (such as 'name: ...'), "
+            f"not a {_yaml_type_name(data)}"
+        )
+    return data
+
+
+def _yaml_type_name(value: Any) -> str:
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return type(value).__name__
+
+
+def parse_specification(text: str) -> CondaSpecification:
+    """Parse an environment.yaml (YAML or JSON text) into a validated CondaSpecification.
+
+    No policy is applied here (see `apply_policy`): this is the syntactic check that runs
+    before authorization, so a malformed request gets a 400 that says what to fix.
+    """
+    data = _load_document(text, "specification", MAX_SPECIFICATION_BYTES)
+    try:
+        return CondaSpecification.model_validate(data)
+    except ValidationError as exc:
+        raise SpecificationError(_join_lines(_error_lines(exc))) from exc
+
+
+def _lockfile_shape_errors(lockfile: dict[str, Any]) -> list[str]:
+    """Errors conda-lock's validators would turn into crashes instead of messages.
+
+    Its `hash` validator reads the already-validated `manager` and raises a bare KeyError
+    when that is missing or invalid, and its `channels` pre-validator iterates whatever it
+    gets (TypeError on a number, one channel per character of a string). Outside a
+    ValueError pydantic does not catch these, so they would surface as 500s.
+    """
+    lines = []
+    metadata = lockfile.get("metadata")
+    if isinstance(metadata, dict) and "channels" in metadata:
+        if not isinstance(metadata["channels"], list):
+            loc = ("lockfile", "metadata", "channels")
+            lines.append(f"Input should be a valid list (type=list_type, loc={loc})")
+    packages = lockfile.get("package")
+    for index, package in enumerate(packages if isinstance(packages, list) else []):
+        if not isinstance(package, dict):
+            continue
+        loc = ("lockfile", "package", index, "manager")
+        manager = package.get("manager")
+        if "manager" not in package:
+            lines.append(f"Field required (type=missing, loc={loc})")
+        elif not isinstance(manager, str) or manager not in _LOCKFILE_MANAGERS:
+            lines.append(f"Input should be 'conda' or 'pip' (type=literal_error, loc={loc})")
+    return lines
+
+
+def _channels_as_mappings(lockfile: dict[str, Any]) -> dict[str, Any]:
+    """Turn string channels into `{"url", "used_env_vars": []}` mappings (a shallow copy).
+
+    conda-lock's `Channel.from_string` searches the process environment for variables whose
+    value equals a credential in the URL and substitutes their names. On a server that is
+    impure and an oracle for its secrets, so the string is taken literally instead.
+    """
+    metadata = lockfile.get("metadata")
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("channels"), list):
+        return lockfile
+    channels = [
+        {"url": channel, "used_env_vars": []} if isinstance(channel, str) else channel
+        for channel in metadata["channels"]
+    ]
+    return {**lockfile, "metadata": {**metadata, "channels": channels}}
+
+
+def parse_lockfile_specification(
+    text: str, name: str, description: str | None
+) -> LockfileSpecification:
+    """Parse a conda-lock v1 file (YAML or JSON text) into a LockfileSpecification.
+
+    `name` and `description` come from the request (`environment_name`,
+    `environment_description`); the name follows the same rule as specification names.
+    No channel or package policy applies to lockfiles (upstream behaviour).
+    """
+    data = _load_document(text, "lockfile", MAX_LOCKFILE_BYTES)
+    if "version" in data:
+        version = data["version"]
+        if isinstance(version, bool) or version != 1:
+            raise SpecificationError(
+                f"Unsupported lockfile version {version!r}: "
+                "only conda-lock version 1 lockfiles are accepted"
+            )
+        data = {**data, "version": 1}  # accept `1.0` as written by some YAML tools
+    shape_lines = _lockfile_shape_errors(data)
+    if shape_lines:
+        raise SpecificationError(_join_lines(shape_lines))
+    payload = {"name": name, "description": description, "lockfile": _channels_as_mappings(data)}
+    try:
+        return LockfileSpecification.model_validate(payload)
+    except ValidationError as exc:
+        raise SpecificationError(_join_lines(_error_lines(exc))) from exc
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        # Last resort for another crash inside conda-lock's validators on odd input.
+        raise SpecificationError(
+            f"Invalid lockfile: conda-lock could not validate it ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+# --------------------------------------------------------------------------- policy
+
+
+def _is_url(channel: str) -> bool:
+    return "://" in channel
+
+
+def normalize_channel(channel: str, channel_alias: str) -> str:
+    """The full URL of a channel: names are put under `channel_alias`, URLs kept.
+
+    Upstream keeps anything starting with "http"; we keep anything with a scheme ("://"), so
+    local `file://` and `s3://` channels work and a channel *named* "httpx-dev" is not
+    mistaken for a URL. A trailing "/" is dropped so both spellings compare equal.
+    """
+    channel = channel.rstrip("/")
+    if _is_url(channel):
+        return channel
+    return f"{channel_alias.rstrip('/')}/{channel}"
+
+
+def _to_tuple(field_name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise TypeError(f"SpecificationPolicy.{field_name} must be a list of strings")
+    items = tuple(value)
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"SpecificationPolicy.{field_name} must be a list of strings")
+    return items
+
+
+@dataclass(frozen=True)
+class SpecificationPolicy:
+    """The (namespace, environment) settings that shape a specification (upstream §5.1).
+
+    Fields are tuples so a policy can be shared and cached without being mutated; lists are
+    accepted and converted. Package entries are checked when the policy is built, so a bad
+    setting is reported (naming the setting) where it is configured, not blamed on a user.
+    """
+
+    conda_channel_alias: str = "https://conda.anaconda.org"
+    conda_default_channels: tuple[str, ...] = ("conda-forge",)
+    conda_allowed_channels: tuple[str, ...] = ()
+    conda_default_packages: tuple[str, ...] = ()
+    conda_required_packages: tuple[str, ...] = ()
+    conda_included_packages: tuple[str, ...] = ()
+    pypi_default_packages: tuple[str, ...] = ()
+    pypi_required_packages: tuple[str, ...] = ()
+    pypi_included_packages: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.conda_channel_alias, str) or not self.conda_channel_alias:
+            raise TypeError("SpecificationPolicy.conda_channel_alias must be a non-empty string")
+        for item in fields(self):
+            if item.name == "conda_channel_alias":
+                continue
+            values = _to_tuple(item.name, getattr(self, item.name))
+            object.__setattr__(self, item.name, values)
+            if item.name.endswith("_channels"):
+                check = _check_channel
+            elif item.name.startswith("conda_"):
+                check = _check_conda_dependency
+            else:
+                check = _check_pip_dependency
+            for value in values:
+                try:
+                    check(value)
+                except ValueError as exc:
+                    raise SpecificationError(f"Invalid setting {item.name}: {exc}") from exc
+
+
+def _conda_name(spec: str) -> str:
+    """The normalized package name of a MatchSpec ("conda-forge::NumPy>=1" -> "numpy")."""
+    matcher = rattler.MatchSpec(spec).name
+    return matcher.normalized
+
+
+def _pypi_key(entry: str) -> str:
+    """How pip entries are compared: canonical project name, or the full option string."""
+    if entry.startswith("--"):
+        return entry
+    return canonicalize_name(Requirement(entry).name)
+
+
+def _apply_channels(spec: dict[str, Any], policy: SpecificationPolicy) -> None:
+    if not spec["channels"]:
+        spec["channels"] = list(policy.conda_default_channels)
+    if not policy.conda_allowed_channels:
+        return
+    alias = policy.conda_channel_alias
+    allowed = {normalize_channel(channel, alias) for channel in policy.conda_allowed_channels}
+    requested = {normalize_channel(channel, alias) for channel in spec["channels"]}
+    disallowed = requested - allowed
+    if disallowed:
+        raise SpecificationError(
+            f"Conda channels {sorted(disallowed)} not allowed in specification; "
+            f"allowed channels are {sorted(allowed)}"
+        )
+
+
+def _apply_pypi(spec: dict[str, Any], policy: SpecificationPolicy) -> None:
+    dependencies: list[Any] = spec["dependencies"]
+    pip_entries = [dep for dep in dependencies if isinstance(dep, dict)]
+    current = [item for dep in pip_entries for item in dep["pip"]]
+
+    additions: list[str] = []
+    if not current:
+        additions.extend(policy.pypi_default_packages)
+    present = {_pypi_key(item) for item in [*current, *additions]}
+    for package in policy.pypi_included_packages:
+        key = _pypi_key(package)
+        if key not in present:
+            additions.append(package)
+            present.add(key)
+
+    if additions:
+        if pip_entries:
+            pip_entries[0]["pip"].extend(additions)
+        else:
+            dependencies.append({"pip": additions})
+
+    missing = [p for p in policy.pypi_required_packages if _pypi_key(p) not in present]
+    if missing:
+        raise SpecificationError(
+            f"PyPI packages {missing} are required and missing from the specification"
+        )
+
+
+def _apply_conda(spec: dict[str, Any], policy: SpecificationPolicy) -> None:
+    dependencies: list[Any] = spec["dependencies"]
+    if not dependencies:
+        dependencies.extend(policy.conda_default_packages)
+    present = {_conda_name(dep) for dep in dependencies if isinstance(dep, str)}
+    for package in policy.conda_included_packages:
+        name = _conda_name(package)
+        if name not in present:
+            dependencies.append(package)
+            present.add(name)
+    missing = [p for p in policy.conda_required_packages if _conda_name(p) not in present]
+    if missing:
+        raise SpecificationError(
+            f"Conda packages {missing} are required and missing from the specification"
+        )
+
+
+def apply_policy(spec: CondaSpecification, policy: SpecificationPolicy) -> CondaSpecification:
+    """Return a new specification with the deployment policy applied (upstream §5.3).
+
+    Steps, in upstream's order:
+
+    1. Channels: an empty list becomes `conda_default_channels`. If `conda_allowed_channels`
+       is set, every channel, normalized with `conda_channel_alias` (`normalize_channel`),
+       must be among the normalized allowed channels. The stored specification keeps the
+       channels *as written* (e.g. "conda-forge"), as upstream stores and hashes them; only
+       the comparison uses URLs, so the alias can change without changing spec hashes.
+    2. PyPI: with no pip entries at all, `pypi_default_packages` are added; then each
+       `pypi_included_packages` entry whose project name (PEP 503 normalized; options by full
+       string) is absent is appended to the first `{"pip": [...]}` entry (created if needed);
+       then every `pypi_required_packages` name must be present.
+    3. Conda: if `dependencies` is entirely empty (pip entries count, as upstream), it becomes
+       `conda_default_packages`; `conda_included_packages` missing by MatchSpec name are
+       appended; every `conda_required_packages` name must be present.
+
+    Neither `spec` nor `policy` is modified. A violation raises SpecificationError naming
+    what is missing or not allowed.
+    """
+    data = spec.model_dump(mode="json")
+    _apply_channels(data, policy)
+    _apply_pypi(data, policy)
+    _apply_conda(data, policy)
+    try:
+        return CondaSpecification.model_validate(data)
+    except ValidationError as exc:  # only reachable if the policy adds an invalid entry
+        raise SpecificationError(_join_lines(_error_lines(exc))) from exc

@@ -1,0 +1,3 @@
+from conda_store_server.worker.app import main
+
+main()

@@ -1,0 +1,63 @@
+"""`conda-store-worker`: runs supervised builds (CondaStoreWorker traits from the seed)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Any
+
+from traitlets import Integer, List, Unicode
+
+from conda_store_server.application import BaseApplication
+from conda_store_server.worker.supervisor import Supervisor
+
+
+class CondaStoreWorker(BaseApplication):
+    name = "conda-store-worker"
+    description = "Build conda environments queued by conda-store-server."
+
+    aliases = {
+        "config": "BaseApplication.config_file",
+        "concurrency": "CondaStoreWorker.concurrency",
+    }
+
+    watch_paths = List(
+        Unicode(),
+        [],
+        config=True,
+        help="Environment files, or directories of them, built into the filesystem namespace.",
+    )
+    concurrency = Integer(
+        None,
+        allow_none=True,
+        config=True,
+        help="How many builds run at once on this worker. Default: the number of CPUs.",
+    )
+
+    def start(self) -> None:
+        conda_store = self.make_conda_store()
+        conda_store.ensure_database()
+        concurrency = self.concurrency or os.cpu_count() or 1
+        supervisor = Supervisor(conda_store, concurrency=concurrency)
+        stop = threading.Event()
+
+        def request_stop(signum: int, _frame: Any) -> None:
+            self.log.info("signal %s received: stopping running builds and exiting", signum)
+            stop.set()
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        self.log.info("worker %s ready: %d build slot(s), database %s", supervisor.worker_id,
+                      concurrency, conda_store.engine.url.render_as_string(hide_password=True))
+        supervisor.run(stop.is_set)
+
+
+def main(argv: list[str] | None = None) -> None:
+    app = CondaStoreWorker()
+    app.initialize(argv)
+    app.start()
+
+
+if __name__ == "__main__":
+    main()

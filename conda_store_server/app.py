@@ -300,7 +300,7 @@ class CondaStore(LoggingConfigurable):
     )
     default_docker_base_image = Union(
         [Unicode(), CallableTrait()],
-        "registry-1.docker.io/library/debian:sid-slim",
+        default_value="registry-1.docker.io/library/debian:sid-slim",
         config=True,
         help="Base image of container images built from environments (glibc-based), or a callable "
         "taking the build and returning one.",

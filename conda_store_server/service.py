@@ -7,7 +7,6 @@ or raises a CondaStoreError before anything is written, so bad input changes not
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from typing import TYPE_CHECKING, Any
 
@@ -40,10 +39,10 @@ from conda_store_server.exception import (
 )
 from conda_store_server.settings import get_settings
 from conda_store_server.specification import (
-    NAME_PATTERN,
     CondaSpecification,
     LockfileSpecification,
     specification_hash,
+    validate_name,
 )
 
 if TYPE_CHECKING:
@@ -55,12 +54,7 @@ DELETABLE_STATUSES = (BuildStatus.COMPLETED, BuildStatus.FAILED, BuildStatus.CAN
 
 # ------------------------------------------------------------------------------ lookups
 def check_name(kind: str, name: str) -> str:
-    if not name or len(name) > 255 or not re.fullmatch(NAME_PATTERN, name) or ".." in name or name == ".":
-        raise CondaStoreError(
-            f"Invalid {kind} name {name!r}: use 1 to 255 letters, digits or -+_@$&?^~.= "
-            "(no '/', spaces, control characters, and not '.' or '..')"
-        )
-    return name
+    return validate_name(name, f"{kind} name")
 
 
 def get_namespace(session: Session, name: str) -> Namespace:

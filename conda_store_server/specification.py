@@ -17,7 +17,6 @@ import hashlib
 import json
 import re
 import unicodedata
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Annotated, Any
@@ -39,17 +38,7 @@ from rattler.exceptions import InvalidMatchSpecError
 
 from conda_store_server.exception import SpecificationError
 
-# conda-lock's package __init__ imports its whole CLI, and two of those modules emit
-# deprecation warnings at import time (a vendored conda `frozendict` shim and
-# `importlib.resources.path`). Under `filterwarnings = error` those would abort whichever
-# import reaches conda_lock first. The filter is scoped to this import, to deprecation
-# categories, and to warnings attributed to conda_lock's own modules, so nothing else is hidden.
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"conda_lock(\.|$)")
-    warnings.filterwarnings(
-        "ignore", category=PendingDeprecationWarning, module=r"conda_lock(\.|$)"
-    )
-    from conda_lock.lockfile.v1.models import Lockfile
+from conda_store_server.conda_lock_models import Lockfile
 
 __all__ = [
     "MAX_ERROR_LINES",

@@ -1,0 +1,275 @@
+"""/api/v1: the routes of upstream-api §2.4 that creating, building and fetching need.
+
+Handlers are plain `def`: FastAPI runs them in its thread pool, so database, disk and storage
+work never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
+from sqlalchemy.orm import Session
+
+from conda_store_server import __version__, service
+from conda_store_server.app import CondaStore
+from conda_store_server.db.models import BuildArtifactType, Namespace
+from conda_store_server.exception import NotFoundError
+from conda_store_server.server.auth import Permissions
+from conda_store_server.server.dependencies import (
+    Caller,
+    CallerDependency,
+    SessionDependency,
+    StoreDependency,
+)
+from conda_store_server.server.schema import (
+    Build,
+    Environment,
+    EnvironmentUpdate,
+    SpecificationRequest,
+)
+from conda_store_server.specification import parse_lockfile_specification, parse_specification
+
+router = APIRouter(prefix="/api/v1")
+
+ARTIFACT_ROUTES: dict[str, tuple[BuildArtifactType, str]] = {
+    "logs": (BuildArtifactType.LOGS, "text/plain; charset=utf-8"),
+    "yaml": (BuildArtifactType.YAML, "text/yaml; charset=utf-8"),
+    "lockfile": (BuildArtifactType.LOCKFILE, "application/json"),
+    "archive": (BuildArtifactType.CONDA_PACK, "application/gzip"),
+}
+
+
+def ok(data: Any = None, message: str | None = None) -> dict[str, Any]:
+    return {"status": "ok", "data": data, "message": message}
+
+
+def environment_arn(build_or_environment: Any) -> str:
+    environment = getattr(build_or_environment, "environment", build_or_environment)
+    return f"{environment.namespace.name}/{environment.name}"
+
+
+# ------------------------------------------------------------------------------ status
+@router.get("/")
+def api_status() -> dict[str, Any]:
+    return ok({"version": __version__})
+
+
+@router.get("/permission/")
+def api_permission(caller: Caller = CallerDependency) -> dict[str, Any]:
+    authorization = caller.authentication.authorization
+    bindings = authorization.entity_bindings(caller.entity)
+    return ok({
+        "authenticated": caller.authenticated,
+        "primary_namespace": caller.primary_namespace,
+        "entity_permissions": {
+            arn: sorted(authorization.permissions_of_roles(roles)) for arn, roles in bindings.items()
+        },
+        "entity_roles": {arn: sorted(roles) for arn, roles in bindings.items()},
+        "expiration": caller.entity.exp.strftime("%Y-%m-%dT%H:%M:%SZ") if caller.entity else None,
+    })
+
+
+# ------------------------------------------------------------------------------ specification
+@router.post("/specification/")
+def api_post_specification(
+    body: SpecificationRequest,
+    caller: Caller = CallerDependency,
+    session: Session = SessionDependency,
+    conda_store: CondaStore = StoreDependency,
+) -> dict[str, Any]:
+    namespace = body.namespace or caller.primary_namespace
+    if body.is_lockfile:
+        specification = parse_lockfile_specification(
+            body.specification, body.environment_name, body.environment_description
+        )
+    else:
+        specification = parse_specification(body.specification)
+    service.check_name("namespace", namespace)
+    caller.require(f"{namespace}/{specification.name}", Permissions.ENVIRONMENT_CREATE)
+    exists = session.query(Namespace.id).filter(
+        Namespace.name == namespace, Namespace.deleted_on.is_(None)
+    ).first()
+    if exists is None:
+        caller.require(namespace, Permissions.NAMESPACE_CREATE)
+    build = service.register_environment(session, conda_store, namespace, specification)
+    assert build is not None
+    return ok({"build_id": build.id})
+
+
+# ------------------------------------------------------------------------------ environments
+@router.get("/environment/{namespace}/{name}/")
+def api_get_environment(
+    namespace: str, name: str, caller: Caller = CallerDependency, session: Session = SessionDependency
+) -> dict[str, Any]:
+    caller.require(f"{namespace}/{name}", Permissions.ENVIRONMENT_READ)
+    environment = service.get_environment(session, namespace, name)
+    return ok(Environment.of(environment).model_dump(mode="json"))
+
+
+@router.put("/environment/{namespace}/{name}/")
+def api_update_environment(
+    namespace: str,
+    name: str,
+    body: EnvironmentUpdate,
+    caller: Caller = CallerDependency,
+    session: Session = SessionDependency,
+    conda_store: CondaStore = StoreDependency,
+) -> dict[str, Any]:
+    caller.require(f"{namespace}/{name}", Permissions.ENVIRONMENT_UPDATE)
+    try:
+        environment = service.get_environment(session, namespace, name)
+    except NotFoundError as error:
+        raise service.CondaStoreError(
+            f"environment namespace={namespace} name={name} does not exist"
+        ) from error
+    if body.build_id is not None:
+        service.set_current_build(session, conda_store, environment, body.build_id)
+    if body.description is not None:
+        environment.description = body.description
+    return {"status": "ok", "message": None}
+
+
+@router.delete("/environment/{namespace}/{name}/")
+def api_delete_environment(
+    namespace: str,
+    name: str,
+    caller: Caller = CallerDependency,
+    session: Session = SessionDependency,
+    conda_store: CondaStore = StoreDependency,
+) -> dict[str, Any]:
+    caller.require(f"{namespace}/{name}", Permissions.ENVIRONMENT_DELETE)
+    service.delete_environment(session, conda_store, namespace, name)
+    return {"status": "ok", "message": None}
+
+
+@router.delete("/namespace/{namespace}/")
+def api_delete_namespace(
+    namespace: str,
+    caller: Caller = CallerDependency,
+    session: Session = SessionDependency,
+    conda_store: CondaStore = StoreDependency,
+) -> dict[str, Any]:
+    caller.require(namespace, Permissions.NAMESPACE_DELETE)
+    service.delete_namespace(session, conda_store, namespace)
+    return {"status": "ok", "message": None}
+
+
+def _current_build_id(session: Session, caller: Caller, namespace: str, name: str) -> int:
+    caller.require(f"{namespace}/{name}", Permissions.ENVIRONMENT_READ)
+    environment = service.get_environment(session, namespace, name)
+    if environment.current_build_id is None:
+        raise HTTPException(404, f"environment {namespace}/{name} has no completed build yet")
+    return environment.current_build_id
+
+
+@router.get("/environment/{namespace}/{name}/lockfile/")
+@router.get("/environment/{namespace}/{name}/conda-lock.yml")
+@router.get("/environment/{namespace}/{name}/conda-lock.yaml")
+def api_environment_lockfile(
+    namespace: str,
+    name: str,
+    caller: Caller = CallerDependency,
+    session: Session = SessionDependency,
+    conda_store: CondaStore = StoreDependency,
+) -> Response:
+    build_id = _current_build_id(session, caller, namespace, name)
+    return _artifact_response(session, caller, conda_store, build_id, "lockfile")
+
+
+# ------------------------------------------------------------------------------ builds
+def _readable_build(session: Session, caller: Caller, build_id: int, *permissions: Permissions) -> Any:
+    """Builds are looked up first (404), then authorized on their environment (as upstream)."""
+    build = service.get_build(session, build_id)
+    caller.require(environment_arn(build), *(permissions or (Permissions.ENVIRONMENT_READ,)))
+    return build
+
+
+@router.get("/build/{build_id}/")
+def api_get_build(
+    build_id: int, caller: Caller = CallerDependency, session: Session = SessionDependency
+) -> dict[str, Any]:
+    build = _readable_build(session, caller, build_id)
+    return ok(Build.of(build).model_dump(mode="json"))
+
+
+@router.put("/build/{build_id}/")
+def api_rebuild(
+    build_id: int,
+    caller: Caller = CallerDependency,
+    session: Session = SessionDependency,
+    conda_store: CondaStore = StoreDependency,
+) -> dict[str, Any]:
+    _readable_build(session, caller, build_id, Permissions.ENVIRONMENT_UPDATE)
+    build = service.rebuild(session, conda_store, build_id)
+    return ok({"build_id": build.id}, "rebuild triggered")
+
+
+@router.put("/build/{build_id}/cancel/")
+def api_cancel_build(
+    build_id: int, caller: Caller = CallerDependency, session: Session = SessionDependency
+) -> dict[str, Any]:
+    _readable_build(session, caller, build_id, Permissions.BUILD_CANCEL)
+    return {"status": "ok", "message": service.cancel_build(session, build_id)}
+
+
+@router.delete("/build/{build_id}/")
+def api_delete_build(
+    build_id: int,
+    caller: Caller = CallerDependency,
+    session: Session = SessionDependency,
+    conda_store: CondaStore = StoreDependency,
+) -> dict[str, Any]:
+    _readable_build(session, caller, build_id, Permissions.BUILD_DELETE)
+    service.delete_build(session, conda_store, build_id)
+    return {"status": "ok", "message": None}
+
+
+def _artifact_response(
+    session: Session, caller: Caller, conda_store: CondaStore, build_id: int, kind: str
+) -> Response:
+    build = _readable_build(session, caller, build_id)
+    artifact_type, media_type = ARTIFACT_ROUTES[kind]
+    artifact = next((a for a in build.build_artifacts if a.artifact_type == artifact_type), None)
+    if artifact is None:
+        raise HTTPException(404, f"build {build_id} has no {artifact_type.value} artifact")
+    url = conda_store.storage.get_url(artifact.key)
+    if url is not None:
+        return RedirectResponse(url, status_code=307)
+    path = conda_store.storage.local_path(artifact.key)
+    if path is None or not path.is_file():
+        if artifact_type == BuildArtifactType.LOGS:
+            return PlainTextResponse("")
+        raise HTTPException(404, f"the {artifact_type.value} artifact of build {build_id} is gone")
+    return FileResponse(path, media_type=media_type, filename=path.name)
+
+
+@router.get("/build/{build_id}/logs/")
+def api_build_logs(build_id: int, caller: Caller = CallerDependency,
+                   session: Session = SessionDependency,
+                   conda_store: CondaStore = StoreDependency) -> Response:
+    return _artifact_response(session, caller, conda_store, build_id, "logs")
+
+
+@router.get("/build/{build_id}/yaml/")
+def api_build_yaml(build_id: int, caller: Caller = CallerDependency,
+                   session: Session = SessionDependency,
+                   conda_store: CondaStore = StoreDependency) -> Response:
+    return _artifact_response(session, caller, conda_store, build_id, "yaml")
+
+
+@router.get("/build/{build_id}/lockfile/")
+@router.get("/build/{build_id}/conda-lock.yml")
+@router.get("/build/{build_id}/conda-lock.yaml")
+def api_build_lockfile(build_id: int, caller: Caller = CallerDependency,
+                       session: Session = SessionDependency,
+                       conda_store: CondaStore = StoreDependency) -> Response:
+    return _artifact_response(session, caller, conda_store, build_id, "lockfile")
+
+
+@router.get("/build/{build_id}/archive/")
+def api_build_archive(build_id: int, caller: Caller = CallerDependency,
+                      session: Session = SessionDependency,
+                      conda_store: CondaStore = StoreDependency) -> Response:
+    return _artifact_response(session, caller, conda_store, build_id, "archive")

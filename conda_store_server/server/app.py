@@ -1,0 +1,278 @@
+"""`conda-store-server`: the HTTP API (CondaStoreServer traits from the seed) and `--standalone`."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from jinja2 import Template
+from starlette.middleware.cors import CORSMiddleware
+from traitlets import Bool, Dict, Integer, List, Type, Unicode, default, validate, TraitError
+from traitlets.config import Config
+
+from conda_store_server.app import CondaStore
+from conda_store_server.application import BaseApplication
+from conda_store_server.exception import ConflictError, CondaStoreError, NotFoundError
+from conda_store_server.server import auth
+from conda_store_server.server.schema import Login
+from conda_store_server.storage import LocalStorage
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+class CondaStoreServer(BaseApplication):
+    name = "conda-store-server"
+    description = "Serve the conda-store REST API; with --standalone also build environments."
+
+    aliases = {"config": "BaseApplication.config_file"}
+    flags = {
+        "standalone": (
+            {"CondaStoreServer": {"standalone": True}},
+            "Run a worker beside the server (one command: SQLite, local storage, demo channel).",
+        ),
+    }
+    classes = [CondaStore, LocalStorage, auth.AuthenticationBackend,
+               auth.RBACAuthorizationBackend, auth.DummyAuthentication]
+
+    enable_ui = Bool(True, config=True, help="Serve the UI routes (the React UI comes with the API issue).")
+    enable_api = Bool(True, config=True, help="Serve /api/v1 and /api/v2.")
+    enable_registry = Bool(False, config=True, help="Serve the docker registry read side at /v2.")
+    enable_metrics = Bool(True, config=True, help="Serve /metrics.")
+    address = Unicode("0.0.0.0", config=True, help="Address to listen on, e.g. 127.0.0.1.")
+    port = Integer(8080, config=True, help="Port to listen on.")
+    registry_external_url = Unicode(
+        "localhost:8080", config=True,
+        help="host:port under which the registry is reached by users (no scheme).",
+    )
+    url_prefix = Unicode("/", config=True, help="Path prefix of every route except /v2, e.g. /conda-store.")
+    authentication_class = Type(
+        auth.DummyAuthentication, klass=auth.Authentication, config=True,
+        help="Authentication class, e.g. conda_store_server.server.auth.DummyAuthentication.",
+    )
+    secret_key = Unicode(
+        config=True,
+        help="Secret for sessions; defaults to AuthenticationBackend.secret.",
+    )
+    max_page_size = Integer(100, config=True, help="Largest page of any list response.")
+    behind_proxy = Bool(
+        False, config=True,
+        help="Trust X-Forwarded-* headers (only behind a reverse proxy that sets them).",
+    )
+    template_vars = Dict({}, config=True, help="Extra variables for the HTML templates.")
+    additional_routes = List(
+        [], config=True,
+        help="Extra routes [(path, method, function), ...]; method is get, post, put or delete.",
+    )
+    cors_allow_origins = List(Unicode(), [], config=True, help="Allowed CORS origins.")
+    cors_allow_origin_regex = Unicode(".*", config=True, help="Allowed CORS origins, as a regex.")
+    standalone = Bool(
+        False, config=True,
+        help="Also run a build worker as a child process of the server.",
+    )
+    standalone_demo_channel = Bool(
+        True, config=True,
+        help="With --standalone: build the offline demo channel into the store and use it as the "
+        "default channel when CondaStore.conda_default_channels is not configured.",
+    )
+
+    @validate("url_prefix")
+    def _normalize_prefix(self, proposal: dict[str, Any]) -> str:
+        value = "/" + proposal["value"].strip("/")
+        return value
+
+    @validate("max_page_size")
+    def _check_page_size(self, proposal: dict[str, Any]) -> int:
+        if proposal["value"] < 1:
+            raise TraitError("c.CondaStoreServer.max_page_size must be at least 1")
+        return proposal["value"]
+
+    @default("secret_key")
+    def _default_secret_key(self) -> str:
+        return ""
+
+    # ------------------------------------------------------------------ application
+    def configure_standalone(self, conda_store: CondaStore) -> None:
+        """Make the demo channel and point unconfigured default channels at it."""
+        if not (self.standalone and self.standalone_demo_channel):
+            return
+        from conda_store_server.testing.channel import build_demo_channel
+
+        channel = Path(conda_store.store_directory) / "demo-channel"
+        if not (channel / "noarch" / "repodata.json").exists():
+            build_demo_channel(channel)
+        if "conda_default_channels" not in self.config.get("CondaStore", {}):
+            conda_store.conda_default_channels = [channel.as_uri()]
+            self.log.info("standalone: environments without channels use the demo channel %s",
+                          channel.as_uri())
+
+    def create_app(self, conda_store: CondaStore | None = None) -> FastAPI:
+        conda_store = conda_store or self.make_conda_store()
+        authentication = self.authentication_class(parent=self, log=self.log)
+        backend = authentication.authentication
+        if "secret_file" not in self.config.get("AuthenticationBackend", {}):
+            backend.secret_file = os.path.join(conda_store.store_directory, ".secret")
+        return create_app(self, conda_store, authentication)
+
+    def start(self) -> None:
+        conda_store = self.make_conda_store()
+        conda_store.ensure_database()
+        self.configure_standalone(conda_store)
+        self.warn_if_insecure()
+        worker = self.spawn_worker(conda_store) if self.standalone else None
+        app = self.create_app(conda_store)
+        try:
+            uvicorn.run(
+                app, host=self.address, port=self.port, log_level=self.log_level.lower(),
+                proxy_headers=self.behind_proxy,
+                forwarded_allow_ips="*" if self.behind_proxy else "127.0.0.1",
+            )
+        finally:
+            if worker is not None:
+                worker.terminate()
+                try:
+                    worker.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+
+    def warn_if_insecure(self) -> None:
+        if not issubclass(self.authentication_class, auth.DummyAuthentication):
+            return
+        try:
+            loopback = ipaddress.ip_address(self.address).is_loopback
+        except ValueError:
+            loopback = self.address == "localhost"
+        if not loopback:
+            self.log.warning(
+                "DummyAuthentication lets anyone who knows its password log in as an admin, and "
+                "the server listens on %s (not loopback). Configure a real "
+                "CondaStoreServer.authentication_class before exposing it.", self.address,
+            )
+
+    def spawn_worker(self, conda_store: CondaStore) -> subprocess.Popen[bytes]:
+        """The standalone worker: a child process with the same configuration."""
+        arguments = [sys.executable, "-m", "conda_store_server.worker", *self.command_line_arguments()]
+        if "conda_default_channels" not in self.config.get("CondaStore", {}):
+            channels = conda_store.conda_default_channels
+            arguments.append(f"--CondaStore.conda_default_channels={channels!r}")
+        self.log.info("standalone: starting worker: %s", " ".join(arguments[1:]))
+        return subprocess.Popen(arguments)
+
+
+def _error(status_code: int, message: str) -> JSONResponse:
+    return JSONResponse({"status": "error", "message": message}, status_code=status_code)
+
+
+def create_app(server: CondaStoreServer, conda_store: CondaStore,
+               authentication: auth.Authentication) -> FastAPI:
+    """The ASGI application; everything it needs comes in as arguments (no globals)."""
+    from conda_store_server.server.api import v1
+
+    prefix = "" if server.url_prefix == "/" else server.url_prefix
+    app = FastAPI(
+        title="conda-store",
+        docs_url=f"{prefix}/docs",
+        redoc_url=f"{prefix}/redoc",
+        openapi_url=f"{prefix}/openapi.json",
+    )
+    app.state.conda_store = conda_store
+    app.state.authentication = authentication
+    app.state.server = server
+
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=server.cors_allow_origins,
+        allow_origin_regex=server.cors_allow_origin_regex,
+        allow_credentials=True,
+        allow_methods=["*"],
+        allow_headers=["*"],
+    )
+
+    @app.middleware("http")
+    async def limit_body_size(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return _error(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+        return await call_next(request)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
+        return _error(error.status_code, str(error.detail))
+
+    @app.exception_handler(CondaStoreError)
+    async def domain_error(_request: Request, error: CondaStoreError) -> JSONResponse:
+        status = 404 if isinstance(error, NotFoundError) else 409 if isinstance(error, ConflictError) else 400
+        return _error(status, error.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _jsonable_errors(error.errors())}, status_code=422)
+
+    if server.enable_api:
+        app.include_router(v1.router, prefix=prefix)
+
+    @app.get(f"{prefix}/login/", response_class=HTMLResponse)
+    def login_page(next: str | None = None) -> HTMLResponse:
+        return HTMLResponse(Template(authentication.login_html).render(
+            next=next, **server.template_vars
+        ))
+
+    @app.post(f"{prefix}/login/")
+    def login(body: Login, request: Request, next: str | None = None) -> JSONResponse:
+        entity = authentication.authenticate(body.username, body.password)
+        if entity is None:
+            return _error(403, "Invalid authentication credentials")
+        token = authentication.authentication.encrypt_token(entity)
+        response = JSONResponse({
+            "status": "ok", "data": {"redirect_url": next or f"{prefix}/"}, "message": None
+        })
+        response.set_cookie(
+            authentication.cookie_name, token, httponly=True, samesite="strict",
+            max_age=int((entity.exp - _now()).total_seconds()),
+            domain=authentication.cookie_domain, path="/",
+        )
+        return response
+
+    @app.post(f"{prefix}/logout/")
+    def logout(next: str | None = None) -> RedirectResponse:
+        response = RedirectResponse(next or f"{prefix}/", status_code=303)
+        response.delete_cookie(authentication.cookie_name, domain=authentication.cookie_domain, path="/")
+        return response
+
+    for path, method, function in server.additional_routes:
+        app.add_api_route(f"{prefix}{path}", function, methods=[method.upper()])
+    return app
+
+
+def _now() -> Any:
+    import datetime
+
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _jsonable_errors(errors: Any) -> Any:
+    """Pydantic's error details can hold exceptions (ctx); keep what JSON can carry."""
+    result = []
+    for error in errors:
+        item = dict(error)
+        if "ctx" in item:
+            item["ctx"] = {k: str(v) for k, v in item["ctx"].items()}
+        result.append(item)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    app = CondaStoreServer()
+    app.initialize(argv)
+    app.start()
+
+
+__all__ = ["CondaStoreServer", "Config", "create_app", "main"]

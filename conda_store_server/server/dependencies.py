@@ -1,0 +1,62 @@
+"""FastAPI dependencies: the store, a session per request, the caller, permission checks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy.orm import Session
+
+from conda_store_server.app import CondaStore
+from conda_store_server.server.auth import Authentication, AuthenticationToken, Permissions
+
+
+def get_conda_store(request: Request) -> CondaStore:
+    return request.app.state.conda_store
+
+
+def get_authentication(request: Request) -> Authentication:
+    return request.app.state.authentication
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One unit of work per request: committed when the handler returns, rolled back on error."""
+    conda_store: CondaStore = request.app.state.conda_store
+    with conda_store.session() as session:
+        yield session
+
+
+@dataclass
+class Caller:
+    entity: AuthenticationToken | None
+    authentication: Authentication
+    default_namespace: str
+
+    @property
+    def authenticated(self) -> bool:
+        return self.entity is not None
+
+    @property
+    def primary_namespace(self) -> str:
+        return self.entity.primary_namespace if self.entity else self.default_namespace
+
+    def can(self, arn: str, *permissions: Permissions) -> bool:
+        return self.authentication.authorization.authorize(self.entity, arn, permissions)
+
+    def require(self, arn: str, *permissions: Permissions) -> None:
+        if not self.can(arn, *permissions):
+            raise HTTPException(status_code=403, detail="request not authorized")
+
+
+def get_caller(request: Request) -> Caller:
+    authentication: Authentication = request.app.state.authentication
+    entity = authentication.entity_from_headers(
+        request.cookies.get(authentication.cookie_name), request.headers.get("authorization")
+    )
+    return Caller(entity, authentication, request.app.state.conda_store.default_namespace)
+
+
+CallerDependency = Depends(get_caller)
+SessionDependency = Depends(get_session)
+StoreDependency = Depends(get_conda_store)

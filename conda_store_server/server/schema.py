@@ -1,0 +1,137 @@
+"""JSON shapes of the API (upstream-api §2.3): what the official client and UI read."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
+
+from conda_store_server.db import models
+
+T = TypeVar("T")
+
+
+class Envelope(BaseModel, Generic[T]):
+    status: str = "ok"
+    data: T | None = None
+    message: str | None = None
+
+
+class Namespace(BaseModel):
+    id: int
+    name: str
+    metadata_: dict[str, Any] | None = None
+    role_mappings: list[dict[str, Any]] = []
+
+    @classmethod
+    def of(cls, namespace: models.Namespace) -> Namespace:
+        return cls(
+            id=namespace.id,
+            name=namespace.name,
+            metadata_=namespace.metadata_,
+            role_mappings=[
+                {"id": m.id, "entity": m.entity, "role": m.role} for m in namespace.role_mappings
+            ],
+        )
+
+
+class Specification(BaseModel):
+    id: int
+    name: str
+    spec: dict[str, Any]
+    sha256: str
+    created_on: datetime.datetime
+
+    @field_serializer("created_on")
+    def _naive(self, value: datetime.datetime) -> str:
+        return value.isoformat()
+
+
+class BuildArtifact(BaseModel):
+    id: int
+    artifact_type: str
+    key: str
+
+
+class Build(BaseModel):
+    model_config = ConfigDict(ser_json_timedelta="iso8601")
+
+    id: int
+    environment_id: int
+    specification: Specification | None = None
+    packages: list[Any] | None = None
+    status: str
+    status_info: str | None = None
+    size: int
+    scheduled_on: datetime.datetime
+    started_on: datetime.datetime | None = None
+    ended_on: datetime.datetime | None = None
+    build_artifacts: list[BuildArtifact] | None = None
+
+    @classmethod
+    def of(cls, build: models.Build, detail: bool = True) -> Build:
+        specification = build.specification
+        return cls(
+            id=build.id,
+            environment_id=build.environment_id,
+            specification=Specification(
+                id=specification.id, name=specification.name, spec=specification.spec,
+                sha256=specification.sha256, created_on=specification.created_on,
+            ) if detail else None,
+            status=build.status.value,
+            status_info=build.status_info,
+            size=build.size or 0,
+            scheduled_on=build.scheduled_on,
+            started_on=build.started_on,
+            ended_on=build.ended_on,
+            build_artifacts=[
+                BuildArtifact(id=a.id, artifact_type=a.artifact_type.value,
+                              key=_public_key(a))
+                for a in build.build_artifacts
+            ] if detail else None,
+        )
+
+
+def _public_key(artifact: models.BuildArtifact) -> str:
+    """A DIRECTORY artifact's key is the build path, as upstream shows it."""
+    return artifact.key
+
+
+class Environment(BaseModel):
+    id: int
+    namespace: Namespace
+    name: str
+    current_build_id: int | None = None
+    current_build: Build | None = None
+    description: str | None = None
+
+    @classmethod
+    def of(cls, environment: models.Environment) -> Environment:
+        return cls(
+            id=environment.id,
+            namespace=Namespace.of(environment.namespace),
+            name=environment.name,
+            current_build_id=environment.current_build_id,
+            description=environment.description,
+        )
+
+
+class SpecificationRequest(BaseModel):
+    """Body of POST /api/v1/specification/ (unknown keys are ignored, as upstream)."""
+
+    specification: str = Field("", max_length=1024 * 1024)
+    namespace: str | None = None
+    is_lockfile: bool = False
+    environment_name: str = ""
+    environment_description: str = ""
+
+
+class EnvironmentUpdate(BaseModel):
+    build_id: int | None = None
+    description: str | None = None
+
+
+class Login(BaseModel):
+    username: str = Field(max_length=255)
+    password: str = Field("", max_length=1024)

@@ -205,17 +205,36 @@ class Supervisor:
         log.info("build %s ended: %s", running.build_id, status.value if changed else "settled by child")
 
 
+def _worker_is_dead(worker_id: str | None) -> bool:
+    """True when the worker ran on this machine and its process no longer exists."""
+    host, _, rest = (worker_id or "").partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def recover_stale_builds(conda_store: CondaStore, stale_after: float = STALE_AFTER_SECONDS) -> list[int]:
-    """Mark FAILED the BUILDING builds whose worker stopped proving it is alive."""
+    """Mark FAILED the BUILDING builds whose worker is gone.
+
+    A worker is gone when its heartbeat stopped, or at once when it ran on this machine and its
+    process no longer exists.
+    """
     cutoff = utcnow() - datetime.timedelta(seconds=stale_after)
     recovered = []
     with conda_store.session() as session:
-        stale = session.scalars(
-            select(Build).where(
-                Build.status == BuildStatus.BUILDING,
-                (Build.heartbeat_on < cutoff) | (Build.heartbeat_on.is_(None) & (Build.started_on < cutoff)),
-            )
-        ).all()
+        building = session.scalars(select(Build).where(Build.status == BuildStatus.BUILDING)).all()
+        stale = [
+            build for build in building
+            if (build.heartbeat_on or build.started_on or cutoff) < cutoff
+            or _worker_is_dead(build.worker_id)
+        ]
         for build in stale:
             reason = (
                 f"the worker running this build ({build.worker_id or 'unknown'}) stopped responding "

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from traitlets import Enum, Unicode, default
+from traitlets import Bool, Enum, Unicode, default
 from traitlets.config import Application, catch_config_error
 
 from conda_store_server import __version__
@@ -32,7 +32,19 @@ class BaseApplication(Application):
         help="Level of all logging: DEBUG, INFO, WARNING, ERROR or CRITICAL.",
     )
 
-    aliases = {"config": "BaseApplication.config_file"}
+    generate_config = Bool(
+        False, config=True,
+        help="Write `<command>_config.py` with every option, its default and help, then exit.",
+    )
+    answer_yes = Bool(False, config=True, help="Overwrite an existing file without asking.")
+
+    aliases = {**Application.aliases, "config": "BaseApplication.config_file"}
+    flags = {
+        **Application.flags,
+        "generate-config": ({"BaseApplication": {"generate_config": True}},
+                            "Write the default configuration file (every option documented) and exit."),
+        "y": ({"BaseApplication": {"answer_yes": True}}, "Answer yes: overwrite files."),
+    }
 
     @default("log_level")
     def _default_log_level(self) -> str:
@@ -54,6 +66,16 @@ class BaseApplication(Application):
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
         self.log.setLevel(self.log_level)
+
+    def write_generated_config(self) -> str:
+        """The reference documentation of every option, as a config file (JupyterHub's habit)."""
+        path = os.path.abspath(f"{self.name.replace('-', '_')}_config.py")
+        if os.path.exists(path) and not self.answer_yes:
+            raise SystemExit(f"{path} exists; pass -y to overwrite it")
+        with open(path, "w") as handle:
+            handle.write(self.generate_config_file())
+        print(f"Wrote {path}")
+        return path
 
     def make_conda_store(self) -> CondaStore:
         conda_store = CondaStore(parent=self, log=self.log)

@@ -33,8 +33,9 @@ class CondaStoreServer(BaseApplication):
     name = "conda-store-server"
     description = "Serve the conda-store REST API; with --standalone also build environments."
 
-    aliases = {"config": "BaseApplication.config_file"}
+    aliases = {**BaseApplication.aliases, "config": "BaseApplication.config_file"}
     flags = {
+        **BaseApplication.flags,
         "standalone": (
             {"CondaStoreServer": {"standalone": True}},
             "Run a worker beside the server (one command: SQLite, local storage, demo channel).",
@@ -43,10 +44,21 @@ class CondaStoreServer(BaseApplication):
     classes = [CondaStore, LocalStorage, auth.AuthenticationBackend,
                auth.RBACAuthorizationBackend, auth.DummyAuthentication]
 
-    enable_ui = Bool(True, config=True, help="Serve the UI routes (the React UI comes with the API issue).")
-    enable_api = Bool(True, config=True, help="Serve /api/v1 and /api/v2.")
-    enable_registry = Bool(False, config=True, help="Serve the docker registry read side at /v2.")
-    enable_metrics = Bool(True, config=True, help="Serve /metrics.")
+    enable_ui = Bool(
+        True, config=True,
+        help="Serve the browser UI under {url_prefix}/ui. The UI routes are not part of this "
+        "release yet; login and logout are served either way.",
+    )
+    enable_api = Bool(True, config=True, help="Serve the REST API under {url_prefix}/api/v1.")
+    enable_registry = Bool(
+        False, config=True,
+        help="Serve the docker registry read side at /v2 (container images are not built by "
+        "this release yet).",
+    )
+    enable_metrics = Bool(
+        True, config=True,
+        help="Serve Prometheus metrics at {url_prefix}/metrics (not part of this release yet).",
+    )
     address = Unicode("0.0.0.0", config=True, help="Address to listen on, e.g. 127.0.0.1.")
     port = Integer(8080, config=True, help="Port to listen on.")
     registry_external_url = Unicode(
@@ -62,7 +74,7 @@ class CondaStoreServer(BaseApplication):
         config=True,
         help="Secret for sessions; defaults to AuthenticationBackend.secret.",
     )
-    max_page_size = Integer(100, config=True, help="Largest page of any list response.")
+    max_page_size = Integer(100, config=True, help="Largest number of items in one page of a list response.")
     behind_proxy = Bool(
         False, config=True,
         help="Trust X-Forwarded-* headers (only behind a reverse proxy that sets them).",
@@ -272,6 +284,9 @@ def _jsonable_errors(errors: Any) -> Any:
 def main(argv: list[str] | None = None) -> None:
     app = CondaStoreServer()
     app.initialize(argv)
+    if app.generate_config:
+        app.write_generated_config()
+        return
     app.start()
 
 

@@ -9,7 +9,9 @@ from typing import Any
 
 from traitlets import Integer, List, Unicode
 
+from conda_store_server.app import CondaStore
 from conda_store_server.application import BaseApplication
+from conda_store_server.storage import LocalStorage
 from conda_store_server.worker.supervisor import Supervisor
 
 
@@ -17,7 +19,9 @@ class CondaStoreWorker(BaseApplication):
     name = "conda-store-worker"
     description = "Build conda environments queued by conda-store-server."
 
+    classes = [CondaStore, LocalStorage]
     aliases = {
+        **BaseApplication.aliases,
         "config": "BaseApplication.config_file",
         "concurrency": "CondaStoreWorker.concurrency",
     }
@@ -56,6 +60,9 @@ class CondaStoreWorker(BaseApplication):
 def main(argv: list[str] | None = None) -> None:
     app = CondaStoreWorker()
     app.initialize(argv)
+    if app.generate_config:
+        app.write_generated_config()
+        return
     app.start()
 
 

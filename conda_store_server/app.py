@@ -7,7 +7,6 @@ The traits are the deployment's policy and layout; the facade lazily builds what
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -15,8 +14,6 @@ from typing import TYPE_CHECKING, Any
 import platformdirs
 from traitlets import (
     Bool,
-    Callable as CallableTrait,
-    Dict,
     Enum,
     Integer,
     List,
@@ -27,6 +24,9 @@ from traitlets import (
     default,
     observe,
     validate,
+)
+from traitlets import (
+    Callable as CallableTrait,
 )
 from traitlets.config import LoggingConfigurable
 
@@ -39,8 +39,17 @@ if TYPE_CHECKING:
     from conda_store_server.storage import Storage
 
 ARTIFACT_TYPES = ("LOCKFILE", "YAML", "CONDA_PACK", "DOCKER_MANIFEST", "CONSTRUCTOR_INSTALLER")
-KEPT_ARTIFACT_TYPES = ("LOGS", "LOCKFILE", "YAML", "CONDA_PACK", "DOCKER_MANIFEST", "DIRECTORY",
-                       "CONSTRUCTOR_INSTALLER", "DOCKER_BLOB", "CONTAINER_REGISTRY")
+KEPT_ARTIFACT_TYPES = (
+    "LOGS",
+    "LOCKFILE",
+    "YAML",
+    "CONDA_PACK",
+    "DOCKER_MANIFEST",
+    "DIRECTORY",
+    "CONSTRUCTOR_INSTALLER",
+    "DOCKER_BLOB",
+    "CONTAINER_REGISTRY",
+)
 SUPPORTED_CONDA_COMMANDS = ("rattler", "py-rattler")
 
 
@@ -70,7 +79,10 @@ def conda_store_validate_action(conda_store: CondaStore, namespace: str, action:
 
     os.makedirs(conda_store.store_directory, exist_ok=True)
     free = shutil.disk_usage(conda_store.store_directory).free
-    if action in ("environment:create", "environment::update") and free < conda_store.storage_threshold:
+    if (
+        action in ("environment:create", "environment::update")
+        and free < conda_store.storage_threshold
+    ):
         raise CondaStoreError(
             f"`CondaStore.storage_threshold` reached. Action {action} prevented due to "
             f"insufficient storage space ({free} bytes free, {conda_store.storage_threshold} required)"
@@ -112,7 +124,9 @@ class CondaStore(LoggingConfigurable):
         "`<sha256[:8]>-<epoch>-<id>-<name>`) or 3 (32-char hash, no symlink).",
     )
     win_extended_length_prefix = Bool(
-        False, config=True, help="Windows only: prefix build paths with `\\\\?\\`. No effect elsewhere."
+        False,
+        config=True,
+        help="Windows only: prefix build paths with `\\\\?\\`. No effect elsewhere.",
     )
 
     # ----------------------------------------------------------------- policy callables
@@ -182,16 +196,22 @@ class CondaStore(LoggingConfigurable):
         help="Channels whose package lists are indexed into the database (package search).",
     )
     conda_default_packages = List(
-        Unicode(), [], config=True,
+        Unicode(),
+        [],
+        config=True,
         help="Conda packages used when a specification has no dependencies at all.",
     )
     conda_required_packages = List(
-        Unicode(), [], config=True,
+        Unicode(),
+        [],
+        config=True,
         help="Conda packages every specification must list; a specification without them is "
         "rejected with a message naming them (they are not added).",
     )
     conda_included_packages = List(
-        Unicode(), [], config=True,
+        Unicode(),
+        [],
+        config=True,
         help="Conda packages added to every specification that does not already list them.",
     )
     conda_max_solve_time = Integer(
@@ -202,15 +222,21 @@ class CondaStore(LoggingConfigurable):
 
     # ----------------------------------------------------------------- pypi
     pypi_default_packages = List(
-        Unicode(), [], config=True,
+        Unicode(),
+        [],
+        config=True,
         help="PyPI packages used when a specification has no pip dependencies.",
     )
     pypi_required_packages = List(
-        Unicode(), [], config=True,
+        Unicode(),
+        [],
+        config=True,
         help="PyPI packages every specification must list (rejected, not added, when missing).",
     )
     pypi_included_packages = List(
-        Unicode(), [], config=True,
+        Unicode(),
+        [],
+        config=True,
         help="PyPI packages added to every specification that does not already list them.",
     )
 
@@ -278,23 +304,31 @@ class CondaStore(LoggingConfigurable):
 
     # ----------------------------------------------------------------- namespaces and ownership
     default_namespace = Unicode(
-        "default", config=True, help="Namespace of anonymous callers and of environments created "
-        "without one."
+        "default",
+        config=True,
+        help="Namespace of anonymous callers and of environments created without one.",
     )
     filesystem_namespace = Unicode(
-        "filesystem", config=True,
+        "filesystem",
+        config=True,
         help="Namespace of environments picked up from CondaStoreWorker.watch_paths.",
     )
     default_uid = Integer(
-        None, allow_none=True, config=True,
+        None,
+        allow_none=True,
+        config=True,
         help="uid given to every file of a built environment. Default: the worker's uid.",
     )
     default_gid = Integer(
-        None, allow_none=True, config=True,
+        None,
+        allow_none=True,
+        config=True,
         help="gid given to every file of a built environment. Default: the worker's gid.",
     )
     default_permissions = Unicode(
-        None, allow_none=True, config=True,
+        None,
+        allow_none=True,
+        config=True,
         help="Octal mode given to every directory and file of a built environment, e.g. '775' "
         "(files keep no execute bit they did not have). None leaves modes as installed.",
     )
@@ -390,7 +424,9 @@ class CondaStore(LoggingConfigurable):
     @validate("conda_max_solve_time", "build_timeout")
     def _check_positive_seconds(self, proposal: dict[str, Any]) -> int:
         if proposal["value"] <= 0:
-            raise TraitError(f"c.CondaStore.{proposal['trait'].name} must be a positive number of seconds")
+            raise TraitError(
+                f"c.CondaStore.{proposal['trait'].name} must be a positive number of seconds"
+            )
         return proposal["value"]
 
     # ================================================================= facade

@@ -33,7 +33,8 @@ class BaseApplication(Application):
     )
 
     generate_config = Bool(
-        False, config=True,
+        False,
+        config=True,
         help="Write `<command>_config.py` with every option, its default and help, then exit.",
     )
     answer_yes = Bool(False, config=True, help="Overwrite an existing file without asking.")
@@ -41,8 +42,10 @@ class BaseApplication(Application):
     aliases = {**Application.aliases, "config": "BaseApplication.config_file"}
     flags = {
         **Application.flags,
-        "generate-config": ({"BaseApplication": {"generate_config": True}},
-                            "Write the default configuration file (every option documented) and exit."),
+        "generate-config": (
+            {"BaseApplication": {"generate_config": True}},
+            "Write the default configuration file (every option documented) and exit.",
+        ),
         "y": ({"BaseApplication": {"answer_yes": True}}, "Answer yes: overwrite files."),
     }
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -32,8 +32,8 @@ from conda_store_server.db.models import (
     utcnow,
 )
 from conda_store_server.exception import (
-    ConflictError,
     CondaStoreError,
+    ConflictError,
     NotFoundError,
     SpecificationError,
 )
@@ -222,11 +222,13 @@ def create_build(
     identity = identity_of(build)
     if identity.version == 3:
         build.hash = build_key(identity)
-    session.add(BuildArtifact(
-        build=build,
-        artifact_type=BuildArtifactType.LOGS,
-        key=artifact_key("logs", build_key(identity)),
-    ))
+    session.add(
+        BuildArtifact(
+            build=build,
+            artifact_type=BuildArtifactType.LOGS,
+            key=artifact_key("logs", build_key(identity)),
+        )
+    )
     session.flush()
     return build
 
@@ -243,7 +245,9 @@ def rebuild(session: Session, conda_store: CondaStore, build_id: int) -> Build:
 # ------------------------------------------------------------------------------ current build
 def prefix_of(conda_store: CondaStore, build: Build) -> str:
     return build_path(
-        identity_of(build), conda_store.store_directory, conda_store.build_directory,
+        identity_of(build),
+        conda_store.store_directory,
+        conda_store.build_directory,
         build.environment.name,
     )
 
@@ -273,7 +277,8 @@ def run_post_update_hook(conda_store: CondaStore, environment: Environment) -> N
     except Exception:
         conda_store.log.exception(
             "post_update_environment_build_hook failed for %s/%s",
-            environment.namespace.name, environment.name,
+            environment.namespace.name,
+            environment.name,
         )
 
 
@@ -305,8 +310,12 @@ def cancel_build(session: Session, build_id: int) -> str:
     result = session.execute(
         update(Build)
         .where(Build.id == build_id, Build.status == BuildStatus.QUEUED)
-        .values(status=BuildStatus.CANCELED, ended_on=now, cancel_requested_on=now,
-                status_info="canceled before it started")
+        .values(
+            status=BuildStatus.CANCELED,
+            ended_on=now,
+            cancel_requested_on=now,
+            status_info="canceled before it started",
+        )
         .execution_options(synchronize_session=False)
     )
     if result.rowcount:
@@ -388,20 +397,28 @@ def _delete_environment_builds(
     if environment.builds:
         identity = identity_of(environment.builds[0])
         if identity.version != 3:
-            link = environment_path(identity, conda_store.store_directory,
-                                    conda_store.environment_directory, environment.name)
+            link = environment_path(
+                identity,
+                conda_store.store_directory,
+                conda_store.environment_directory,
+                environment.name,
+            )
             if os.path.islink(link):
                 os.unlink(link)
 
 
-def delete_environment(session: Session, conda_store: CondaStore, namespace: str, name: str) -> None:
+def delete_environment(
+    session: Session, conda_store: CondaStore, namespace: str, name: str
+) -> None:
     try:
         environment = get_environment(session, namespace, name)
     except NotFoundError as error:
         raise CondaStoreError(
             f"environment namespace={namespace} name={name} does not exist"
         ) from error
-    _delete_environment_builds(session, conda_store, environment, kept_artifacts(session, conda_store))
+    _delete_environment_builds(
+        session, conda_store, environment, kept_artifacts(session, conda_store)
+    )
 
 
 def delete_namespace(session: Session, conda_store: CondaStore, name: str) -> None:
@@ -411,4 +428,3 @@ def delete_namespace(session: Session, conda_store: CondaStore, name: str) -> No
         if environment.deleted_on is None:
             _delete_environment_builds(session, conda_store, environment, keep)
     namespace.deleted_on = utcnow()
-

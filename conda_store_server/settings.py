@@ -20,19 +20,21 @@ if TYPE_CHECKING:
     from conda_store_server.app import CondaStore
     from conda_store_server.specification import SpecificationPolicy
 
-GLOBAL_ONLY_KEYS = frozenset({
-    "default_namespace",
-    "filesystem_namespace",
-    "default_uid",
-    "default_gid",
-    "default_permissions",
-    "storage_threshold",
-    "conda_command",
-    "conda_platforms",
-    "conda_max_solve_time",
-    "conda_indexed_channels",
-    "build_artifacts_kept_on_deletion",
-})
+GLOBAL_ONLY_KEYS = frozenset(
+    {
+        "default_namespace",
+        "filesystem_namespace",
+        "default_uid",
+        "default_gid",
+        "default_permissions",
+        "storage_threshold",
+        "conda_command",
+        "conda_platforms",
+        "conda_max_solve_time",
+        "conda_indexed_channels",
+        "build_artifacts_kept_on_deletion",
+    }
+)
 
 
 class Settings(BaseModel):

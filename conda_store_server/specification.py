@@ -36,9 +36,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from rattler.exceptions import InvalidMatchSpecError
 
-from conda_store_server.exception import SpecificationError
-
 from conda_store_server.conda_lock_models import Lockfile
+from conda_store_server.exception import SpecificationError
 
 __all__ = [
     "MAX_ERROR_LINES",

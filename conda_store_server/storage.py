@@ -31,8 +31,12 @@ class Storage(LoggingConfigurable):
     def set(self, key: str, value: bytes, content_type: str = "application/octet-stream") -> None:
         raise NotImplementedError
 
-    def fset(self, key: str, filename: str | os.PathLike[str],
-             content_type: str = "application/octet-stream") -> None:
+    def fset(
+        self,
+        key: str,
+        filename: str | os.PathLike[str],
+        content_type: str = "application/octet-stream",
+    ) -> None:
         raise NotImplementedError
 
     def append(self, key: str, value: bytes) -> None:
@@ -86,8 +90,12 @@ class LocalStorage(Storage):
             handle.write(value)
         os.replace(handle.name, destination)
 
-    def fset(self, key: str, filename: str | os.PathLike[str],
-             content_type: str = "application/octet-stream") -> None:
+    def fset(
+        self,
+        key: str,
+        filename: str | os.PathLike[str],
+        content_type: str = "application/octet-stream",
+    ) -> None:
         destination = self._path(key)
         destination.parent.mkdir(parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")

@@ -23,7 +23,9 @@ from conda_store_server.app import CondaStore
 from conda_store_server.server.app import CondaStoreServer
 from conda_store_server.testing.channel import build_demo_channel
 
-POSTGRES_URL = os.environ.get("CONDA_STORE_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432")
+POSTGRES_URL = os.environ.get(
+    "CONDA_STORE_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432"
+)
 IN_CI = os.environ.get("CI", "").lower() == "true"
 BUILD_WAIT_SECONDS = 120
 
@@ -42,15 +44,20 @@ def _postgres_database() -> Iterator[str]:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as error:
         if IN_CI:
-            pytest.fail(f"PostgreSQL is required in CI and is not reachable at {admin_url}: {error}")
+            pytest.fail(
+                f"PostgreSQL is required in CI and is not reachable at {admin_url}: {error}"
+            )
         pytest.skip(f"PostgreSQL not reachable at {admin_url}: {error}")
     try:
         yield f"{POSTGRES_URL}/{name}"
     finally:
         with engine.connect() as connection:
-            connection.execute(text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"
-            ), {"name": name})
+            connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"
+                ),
+                {"name": name},
+            )
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
         engine.dispose()
 
@@ -64,7 +71,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
-def store_settings(tmp_path: Path, database_url: str, demo_channel: Path) -> dict[str, dict[str, Any]]:
+def store_settings(
+    tmp_path: Path, database_url: str, demo_channel: Path
+) -> dict[str, dict[str, Any]]:
     """Trait values of the store under test; tests may change them before the store is made."""
     return {
         "CondaStore": {
@@ -80,8 +89,11 @@ def store_settings(tmp_path: Path, database_url: str, demo_channel: Path) -> dic
 
 
 def write_config(path: Path, settings: dict[str, dict[str, Any]]) -> Path:
-    lines = [f"c.{cls}.{trait} = {value!r}" for cls, traits in settings.items()
-             for trait, value in traits.items()]
+    lines = [
+        f"c.{cls}.{trait} = {value!r}"
+        for cls, traits in settings.items()
+        for trait, value in traits.items()
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -95,8 +107,9 @@ def conda_store(store_settings: dict[str, dict[str, Any]]) -> Iterator[CondaStor
 
 
 @pytest.fixture
-def config_file(tmp_path: Path, store_settings: dict[str, dict[str, Any]],
-                conda_store: CondaStore) -> Path:
+def config_file(
+    tmp_path: Path, store_settings: dict[str, dict[str, Any]], conda_store: CondaStore
+) -> Path:
     return write_config(tmp_path / "conda_store_config.py", store_settings)
 
 
@@ -111,9 +124,15 @@ class WorkerProcess:
     def start(self, *arguments: str) -> WorkerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child process owns it
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "conda_store_server.worker", f"--config={self.config_file}",
-             *arguments],
-            stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "conda_store_server.worker",
+                f"--config={self.config_file}",
+                *arguments,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
         return self
@@ -144,9 +163,14 @@ def server_settings() -> dict[str, Any]:
 
 
 @pytest.fixture
-def client(conda_store: CondaStore, store_settings: dict[str, dict[str, Any]],
-           server_settings: dict[str, Any]) -> Iterator[TestClient]:
-    server = CondaStoreServer(config=Config({**store_settings, "CondaStoreServer": server_settings}))
+def client(
+    conda_store: CondaStore,
+    store_settings: dict[str, dict[str, Any]],
+    server_settings: dict[str, Any],
+) -> Iterator[TestClient]:
+    server = CondaStoreServer(
+        config=Config({**store_settings, "CondaStoreServer": server_settings})
+    )
     app = server.create_app(conda_store)
     with TestClient(app) as test_client:
         yield test_client
@@ -166,8 +190,12 @@ def submit(client: TestClient, specification: str, namespace: str | None = None)
     return response.json()["data"]["build_id"]
 
 
-def wait_for_build(client: TestClient, build_id: int, until: Callable[[dict[str, Any]], bool] | None = None,
-                   timeout: float = BUILD_WAIT_SECONDS) -> dict[str, Any]:
+def wait_for_build(
+    client: TestClient,
+    build_id: int,
+    until: Callable[[dict[str, Any]], bool] | None = None,
+    timeout: float = BUILD_WAIT_SECONDS,
+) -> dict[str, Any]:
     """Poll until the build is final (or `until` holds); fail with the log if it never gets there."""
     until = until or (lambda build: build["status"] in ("COMPLETED", "FAILED", "CANCELED"))
     deadline = time.monotonic() + timeout
@@ -177,4 +205,6 @@ def wait_for_build(client: TestClient, build_id: int, until: Callable[[dict[str,
             return build
         time.sleep(0.2)
     logs = client.get(f"/api/v1/build/{build_id}/logs/").text
-    pytest.fail(f"build {build_id} did not reach the expected state in {timeout} s: {build}\n{logs}")
+    pytest.fail(
+        f"build {build_id} did not reach the expected state in {timeout} s: {build}\n{logs}"
+    )

@@ -14,8 +14,10 @@ from conda_store_server.server.auth import AuthenticationToken
 
 def counts(conda_store) -> tuple[int, ...]:
     with conda_store.session() as session:
-        return tuple(session.scalar(select(func.count()).select_from(m))
-                     for m in (Namespace, Environment, Specification, Build))
+        return tuple(
+            session.scalar(select(func.count()).select_from(m))
+            for m in (Namespace, Environment, Specification, Build)
+        )
 
 
 def post(client: TestClient, **body):
@@ -23,22 +25,33 @@ def post(client: TestClient, **body):
 
 
 def test_status_route(client) -> None:
-    assert client.get("/api/v1/").json() == {"status": "ok", "data": {"version": __version__},
-                                             "message": None}
+    assert client.get("/api/v1/").json() == {
+        "status": "ok",
+        "data": {"version": __version__},
+        "message": None,
+    }
 
 
-@pytest.mark.parametrize(("specification", "message"), [
-    ("name: [unclosed", "Unable to parse. Invalid YAML"),
-    ("- just\n- a list\n", "mapping"),
-    ("dependencies: [python]\n", "Field required"),
-    ("name: a/b\n", "name"),
-    ("name: ..\n", "name"),
-    ("name: has space\n", "name"),
-    ('name: "ctl\\a"\n', "name"),
-    ("name: ok\ndependencies: ['python >=>= 3']\n", "Invalid conda package dependency specification"),
-    ("name: ok\ndependencies: [{pip: ['--foo bar']}]\n", "Invalid pip option"),
-])
-def test_bad_specifications_are_400_and_change_nothing(client, conda_store, specification, message) -> None:
+@pytest.mark.parametrize(
+    ("specification", "message"),
+    [
+        ("name: [unclosed", "Unable to parse. Invalid YAML"),
+        ("- just\n- a list\n", "mapping"),
+        ("dependencies: [python]\n", "Field required"),
+        ("name: a/b\n", "name"),
+        ("name: ..\n", "name"),
+        ("name: has space\n", "name"),
+        ('name: "ctl\\a"\n', "name"),
+        (
+            "name: ok\ndependencies: ['python >=>= 3']\n",
+            "Invalid conda package dependency specification",
+        ),
+        ("name: ok\ndependencies: [{pip: ['--foo bar']}]\n", "Invalid pip option"),
+    ],
+)
+def test_bad_specifications_are_400_and_change_nothing(
+    client, conda_store, specification, message
+) -> None:
     login(client)
     before = counts(conda_store)
     response = post(client, specification=specification)
@@ -50,8 +63,12 @@ def test_bad_specifications_are_400_and_change_nothing(client, conda_store, spec
 
 def test_lockfile_of_another_version_is_400(client, conda_store) -> None:
     login(client)
-    response = post(client, specification="version: 2\nmetadata: {}\npackage: []\n",
-                    is_lockfile=True, environment_name="x")
+    response = post(
+        client,
+        specification="version: 2\nmetadata: {}\npackage: []\n",
+        is_lockfile=True,
+        environment_name="x",
+    )
     assert response.status_code == 400
     assert "version 2" in response.json()["message"]
 
@@ -60,7 +77,10 @@ def test_policy_violations_name_what_to_change(client, conda_store) -> None:
     login(client)
     conda_store.conda_allowed_channels = ["conda-forge"]
     response = post(client, specification="name: ok\nchannels: [evil]\ndependencies: [curl]\n")
-    assert response.status_code == 400 and "https://conda.anaconda.org/evil" in response.json()["message"]
+    assert (
+        response.status_code == 400
+        and "https://conda.anaconda.org/evil" in response.json()["message"]
+    )
     conda_store.conda_allowed_channels = []
     conda_store.conda_required_packages = ["python"]
     response = post(client, specification="name: ok\ndependencies: [curl]\n")
@@ -73,8 +93,11 @@ def test_wrong_types_and_oversized_bodies(client, conda_store) -> None:
     assert post(client, specification=["not", "text"]).status_code == 422
     big = "name: big\ndescription: '" + "x" * (2 * 1024 * 1024) + "'\n"
     assert post(client, specification=big).status_code in (413, 422)
-    huge = client.post("/api/v1/specification/", content=b"{" + b" " * (17 * 1024 * 1024) + b"}",
-                       headers={"content-type": "application/json"})
+    huge = client.post(
+        "/api/v1/specification/",
+        content=b"{" + b" " * (17 * 1024 * 1024) + b"}",
+        headers={"content-type": "application/json"},
+    )
     assert huge.status_code == 413
     assert client.get("/api/v1/build/notanumber/").status_code == 422
     assert client.get("/api/v1/build/424242/").json()["message"] == "build id does not exist"
@@ -103,25 +126,32 @@ def test_solver_failures_are_failed_builds_with_the_reason(client, worker) -> No
 
 def test_artifacts_need_read_permission(client, worker, conda_store) -> None:
     login(client)
-    build = wait_for_build(client, submit(client, "name: secret\ndependencies: [libzlib]\n", "private"))
+    build = wait_for_build(
+        client, submit(client, "name: secret\ndependencies: [libzlib]\n", "private")
+    )
     assert build["status"] == "COMPLETED"
     backend = client.app.state.authentication.authentication
-    outsider = backend.encrypt_token(AuthenticationToken(
-        primary_namespace="bob", role_bindings={"bob/*": ["admin"]}))
-    reader = backend.encrypt_token(AuthenticationToken(
-        primary_namespace="carol", role_bindings={"private/secret": ["viewer"]}))
+    outsider = backend.encrypt_token(
+        AuthenticationToken(primary_namespace="bob", role_bindings={"bob/*": ["admin"]})
+    )
+    reader = backend.encrypt_token(
+        AuthenticationToken(primary_namespace="carol", role_bindings={"private/secret": ["viewer"]})
+    )
     anonymous = TestClient(client.app)
     for route in ("", "logs/", "lockfile/", "yaml/", "conda-lock.yml"):
         url = f"/api/v1/build/{build['id']}/{route}"
         assert anonymous.get(url).status_code == 403, url
-        assert anonymous.get(url, headers={"Authorization": f"Bearer {outsider}"}).status_code == 403
+        assert (
+            anonymous.get(url, headers={"Authorization": f"Bearer {outsider}"}).status_code == 403
+        )
         assert anonymous.get(url, headers={"Authorization": f"Bearer {reader}"}).status_code == 200
     assert anonymous.get("/api/v1/environment/private/secret/lockfile/").status_code == 403
     as_reader = {"Authorization": f"Bearer {reader}"}
     assert anonymous.delete(f"/api/v1/build/{build['id']}/", headers=as_reader).status_code == 403
     assert anonymous.put(f"/api/v1/build/{build['id']}/", headers=as_reader).status_code == 403
-    forged = anonymous.get(f"/api/v1/build/{build['id']}/",
-                           headers={"Authorization": "Bearer not-a-token"})
+    forged = anonymous.get(
+        f"/api/v1/build/{build['id']}/", headers={"Authorization": "Bearer not-a-token"}
+    )
     assert forged.status_code == 403
 
 

@@ -19,8 +19,10 @@ dependencies:
 
 
 def has_artifact(kind: str):
-    return lambda build: any(a["artifact_type"] == kind for a in build["build_artifacts"]) or build[
-        "status"] in ("FAILED", "CANCELED")
+    return lambda build: (
+        any(a["artifact_type"] == kind for a in build["build_artifacts"])
+        or build["status"] in ("FAILED", "CANCELED")
+    )
 
 
 def test_build_installs_a_working_environment(client, worker, conda_store, tmp_path: Path) -> None:
@@ -51,8 +53,10 @@ def test_build_installs_a_working_environment(client, worker, conda_store, tmp_p
     assert {"hello-tool", "hello-config", "hello-py", "tinylib", "python", "libprefix"} <= names
 
     packages = {(p.name, p.version) for p in _package_rows(conda_store, build_id)}
-    assert ("hello-py", "1.1.0") in packages and ("python", next(iter(
-        p["version"] for p in lockfile["package"] if p["name"] == "python"))) in packages
+    assert ("hello-py", "1.1.0") in packages and (
+        "python",
+        next(iter(p["version"] for p in lockfile["package"] if p["name"] == "python")),
+    ) in packages
     assert build["size"] > 0
 
     build = wait_for_build(client, build_id, has_artifact("CONDA_PACK"))

@@ -15,32 +15,82 @@ from conda_store_server.app import CondaStore
 
 SEED_TRAITS = {
     "conda_store_server.app.CondaStore": [
-        "storage_class", "conda_solve_platforms", "store_directory", "build_directory",
-        "environment_directory", "build_key_version", "validate_specification", "validate_action",
-        "conda_command", "conda_channel_alias", "conda_platforms", "conda_default_channels",
-        "conda_allowed_channels", "conda_indexed_channels", "conda_default_packages",
-        "conda_required_packages", "conda_included_packages", "pypi_default_packages",
-        "pypi_required_packages", "pypi_included_packages", "storage_thresold", "storage_threshold",
-        "database_url", "redis_url", "celery_broker_url", "build_artifacts",
-        "build_artifacts_kept_on_deletion", "celery_results_backend", "default_namespace",
-        "filesystem_namespace", "default_uid", "default_gid", "default_permissions",
-        "default_docker_base_image", "serialize_builds", "post_update_environment_build_hook",
-        "conda_max_solve_time", "upgrade_db",
+        "storage_class",
+        "conda_solve_platforms",
+        "store_directory",
+        "build_directory",
+        "environment_directory",
+        "build_key_version",
+        "validate_specification",
+        "validate_action",
+        "conda_command",
+        "conda_channel_alias",
+        "conda_platforms",
+        "conda_default_channels",
+        "conda_allowed_channels",
+        "conda_indexed_channels",
+        "conda_default_packages",
+        "conda_required_packages",
+        "conda_included_packages",
+        "pypi_default_packages",
+        "pypi_required_packages",
+        "pypi_included_packages",
+        "storage_thresold",
+        "storage_threshold",
+        "database_url",
+        "redis_url",
+        "celery_broker_url",
+        "build_artifacts",
+        "build_artifacts_kept_on_deletion",
+        "celery_results_backend",
+        "default_namespace",
+        "filesystem_namespace",
+        "default_uid",
+        "default_gid",
+        "default_permissions",
+        "default_docker_base_image",
+        "serialize_builds",
+        "post_update_environment_build_hook",
+        "conda_max_solve_time",
+        "upgrade_db",
     ],
     "conda_store_server.storage.LocalStorage": ["storage_path", "storage_url"],
-    "conda_store_server.server.auth.AuthenticationBackend": ["secret", "jwt_algorithm",
-                                                             "predefined_tokens"],
+    "conda_store_server.server.auth.AuthenticationBackend": [
+        "secret",
+        "jwt_algorithm",
+        "predefined_tokens",
+    ],
     "conda_store_server.server.auth.AuthorizationBackend": [
-        "role_mappings", "unauthenticated_role_bindings", "authenticated_role_bindings"],
+        "role_mappings",
+        "unauthenticated_role_bindings",
+        "authenticated_role_bindings",
+    ],
     "conda_store_server.server.auth.RBACAuthorizationBackend": ["role_mappings_version"],
     "conda_store_server.server.auth.Authentication": [
-        "cookie_name", "cookie_domain", "authentication_backend", "authorization_backend",
-        "login_html"],
+        "cookie_name",
+        "cookie_domain",
+        "authentication_backend",
+        "authorization_backend",
+        "login_html",
+    ],
     "conda_store_server.server.auth.DummyAuthentication": ["password"],
     "conda_store_server.server.app.CondaStoreServer": [
-        "log_level", "enable_ui", "enable_api", "enable_registry", "enable_metrics", "address",
-        "port", "registry_external_url", "url_prefix", "authentication_class", "secret_key",
-        "max_page_size", "behind_proxy", "template_vars", "additional_routes"],
+        "log_level",
+        "enable_ui",
+        "enable_api",
+        "enable_registry",
+        "enable_metrics",
+        "address",
+        "port",
+        "registry_external_url",
+        "url_prefix",
+        "authentication_class",
+        "secret_key",
+        "max_page_size",
+        "behind_proxy",
+        "template_vars",
+        "additional_routes",
+    ],
     "conda_store_server.worker.app.CondaStoreWorker": ["log_level", "watch_paths", "concurrency"],
 }
 
@@ -115,11 +165,16 @@ def test_conda_command_is_reported_once(caplog: pytest.LogCaptureFixture) -> Non
     assert "py-rattler" in caplog.text
 
 
-@pytest.mark.parametrize("command", ["conda_store_server.server.app", "conda_store_server.worker.app"])
+@pytest.mark.parametrize(
+    "command", ["conda_store_server.server.app", "conda_store_server.worker.app"]
+)
 def test_generate_config_lists_every_trait(command: str, tmp_path: Path) -> None:
     output = subprocess.run(
         [sys.executable, "-c", f"import {command} as m; m.main(['--generate-config', '-y'])"],
-        capture_output=True, text=True, cwd=tmp_path, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
     )
     generated = list(tmp_path.glob("*_config.py"))
     assert generated, output.stderr
@@ -131,7 +186,9 @@ def test_generate_config_lists_every_trait(command: str, tmp_path: Path) -> None
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "conda_store_server.worker", f"--config={tmp_path / 'nope.py'}"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
     assert "does not exist" in result.stderr + result.stdout
@@ -147,6 +204,10 @@ def test_every_configurable_in_the_package_documents_its_traits() -> None:
             continue
         module = importlib.import_module(module_info.name)
         for value in vars(module).values():
-            if isinstance(value, type) and issubclass(value, Configurable) and value.__module__ == module.__name__:
+            if (
+                isinstance(value, type)
+                and issubclass(value, Configurable)
+                and value.__module__ == module.__name__
+            ):
                 for name, trait in value.class_traits(config=True).items():
                     assert trait.help, f"{module.__name__}.{value.__name__}.{name} has no help"

@@ -16,7 +16,9 @@ from conftest import login, submit, wait_for_build
 def artifact_ready(kind: str):
     def check(build):
         return build["status"] in ("FAILED", "CANCELED") or any(
-            a["artifact_type"] == kind for a in build["build_artifacts"])
+            a["artifact_type"] == kind for a in build["build_artifacts"]
+        )
+
     return check
 
 
@@ -31,10 +33,15 @@ def test_lockfile_round_trip_gives_the_same_packages(client, worker) -> None:
     lock_text = client.get(f"/api/v1/build/{first['id']}/lockfile/").text
     lock = json.loads(lock_text)
 
-    response = client.post("/api/v1/specification/", json={
-        "specification": lock_text, "is_lockfile": True,
-        "environment_name": "from-lock", "environment_description": "round trip",
-    })
+    response = client.post(
+        "/api/v1/specification/",
+        json={
+            "specification": lock_text,
+            "is_lockfile": True,
+            "environment_name": "from-lock",
+            "environment_description": "round trip",
+        },
+    )
     assert response.status_code == 200, response.text
     second = wait_for_build(client, response.json()["data"]["build_id"])
     assert second["status"] == "COMPLETED"
@@ -51,7 +58,9 @@ def test_lockfile_round_trip_gives_the_same_packages(client, worker) -> None:
 
 def test_conda_pack_archive_relocates(client, worker, tmp_path: Path) -> None:
     login(client)
-    build = wait_for_build(client, submit(client, "name: packed\ndependencies: [hello-tool, hello-py]\n"))
+    build = wait_for_build(
+        client, submit(client, "name: packed\ndependencies: [hello-tool, hello-py]\n")
+    )
     assert build["status"] == "COMPLETED"
     build = wait_for_build(client, build["id"], artifact_ready("CONDA_PACK"))
     archive = client.get(f"/api/v1/build/{build['id']}/archive/")
@@ -63,11 +72,15 @@ def test_conda_pack_archive_relocates(client, worker, tmp_path: Path) -> None:
     subprocess.run([str(target / "bin" / "conda-unpack")], check=True, capture_output=True)
     assert str(target) in (target / "etc" / "hello.conf").read_text()
     assert prefix_of(build) not in (target / "etc" / "hello.conf").read_text()
-    out = subprocess.run([str(target / "bin" / "hello-tool")], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(target / "bin" / "hello-tool")], capture_output=True, text=True, check=True
+    )
     assert str(target) in out.stdout
     python = subprocess.run(
         [str(target / "bin" / "python"), "-c", "import hello_py, sys; print(sys.prefix)"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert python.stdout.strip() == str(target)
 
@@ -82,12 +95,18 @@ def test_rollback_moves_the_environment_link(client, worker, conda_store) -> Non
 
     calls: list[tuple[str, str, int | None]] = []
     conda_store.post_update_environment_build_hook = lambda store, env: calls.append(
-        (env.namespace.name, env.name, env.current_build_id))
+        (env.namespace.name, env.name, env.current_build_id)
+    )
     response = client.put("/api/v1/environment/alice/roll/", json={"build_id": first["id"]})
     assert response.status_code == 200, response.text
     assert os.path.realpath(link) == os.path.realpath(prefix_of(first))
-    assert client.get("/api/v1/environment/alice/roll/").json()["data"]["current_build_id"] == first["id"]
-    out = subprocess.run([str(link / "bin" / "hello-py")], capture_output=True, text=True, check=True)
+    assert (
+        client.get("/api/v1/environment/alice/roll/").json()["data"]["current_build_id"]
+        == first["id"]
+    )
+    out = subprocess.run(
+        [str(link / "bin" / "hello-py")], capture_output=True, text=True, check=True
+    )
     assert "1.0.0" in out.stdout
     assert calls == [("alice", "roll", first["id"])]
 
@@ -149,7 +168,9 @@ def test_delete_environment_and_namespace(client, worker, conda_store) -> None:
     logs = client.get(f"/api/v1/build/{build['id']}/logs/")
     assert logs.status_code == 200 and "COMPLETED" in logs.text  # LOGS kept by default
 
-    rebuilt = wait_for_build(client, submit(client, "name: gone\ndependencies: [libzlib]\n", "team"))
+    rebuilt = wait_for_build(
+        client, submit(client, "name: gone\ndependencies: [libzlib]\n", "team")
+    )
     assert rebuilt["status"] == "COMPLETED"
     assert client.delete("/api/v1/namespace/team/").status_code == 200
     assert client.get("/api/v1/environment/team/gone/").status_code == 404
@@ -160,11 +181,15 @@ def test_worker_runs_the_hook_from_the_config_file(client, config_file, tmp_path
     from conftest import WorkerProcess
 
     marker = tmp_path / "hook-calls"
-    config_file.write_text(config_file.read_text() + (
-        "def hook(conda_store, environment):\n"
-        f"    open({str(marker)!r}, 'a').write(f'{{environment.name}} {{environment.current_build_id}}\\n')\n"
-        "c.CondaStore.post_update_environment_build_hook = hook\n"
-    ))
+    config_file.write_text(
+        config_file.read_text()
+        + (
+            "def hook(conda_store, environment):\n"
+            f"    line = f'{{environment.name}} {{environment.current_build_id}}\\n'\n"
+            f"    open({str(marker)!r}, 'a').write(line)\n"
+            "c.CondaStore.post_update_environment_build_hook = hook\n"
+        )
+    )
     worker = WorkerProcess(config_file, tmp_path / "worker.log").start()
     try:
         login(client)

@@ -6,7 +6,6 @@ import ipaddress
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +15,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from jinja2 import Template
 from starlette.middleware.cors import CORSMiddleware
-from traitlets import Bool, Dict, Integer, List, Type, Unicode, default, validate, TraitError
+from traitlets import Bool, Dict, Integer, List, TraitError, Type, Unicode, default, validate
 from traitlets.config import Config
 
 from conda_store_server.app import CondaStore
 from conda_store_server.application import BaseApplication
-from conda_store_server.exception import ConflictError, CondaStoreError, NotFoundError
+from conda_store_server.exception import CondaStoreError, ConflictError, NotFoundError
 from conda_store_server.server import auth
 from conda_store_server.server.schema import Login
 from conda_store_server.storage import LocalStorage
@@ -41,57 +40,76 @@ class CondaStoreServer(BaseApplication):
             "Run a worker beside the server (one command: SQLite, local storage, demo channel).",
         ),
     }
-    classes = [CondaStore, LocalStorage, auth.AuthenticationBackend,
-               auth.RBACAuthorizationBackend, auth.DummyAuthentication]
+    classes = [
+        CondaStore,
+        LocalStorage,
+        auth.AuthenticationBackend,
+        auth.RBACAuthorizationBackend,
+        auth.DummyAuthentication,
+    ]
 
     enable_ui = Bool(
-        True, config=True,
+        True,
+        config=True,
         help="Serve the browser UI under {url_prefix}/ui. The UI routes are not part of this "
         "release yet; login and logout are served either way.",
     )
     enable_api = Bool(True, config=True, help="Serve the REST API under {url_prefix}/api/v1.")
     enable_registry = Bool(
-        False, config=True,
+        False,
+        config=True,
         help="Serve the docker registry read side at /v2 (container images are not built by "
         "this release yet).",
     )
     enable_metrics = Bool(
-        True, config=True,
+        True,
+        config=True,
         help="Serve Prometheus metrics at {url_prefix}/metrics (not part of this release yet).",
     )
     address = Unicode("0.0.0.0", config=True, help="Address to listen on, e.g. 127.0.0.1.")
     port = Integer(8080, config=True, help="Port to listen on.")
     registry_external_url = Unicode(
-        "localhost:8080", config=True,
+        "localhost:8080",
+        config=True,
         help="host:port under which the registry is reached by users (no scheme).",
     )
-    url_prefix = Unicode("/", config=True, help="Path prefix of every route except /v2, e.g. /conda-store.")
+    url_prefix = Unicode(
+        "/", config=True, help="Path prefix of every route except /v2, e.g. /conda-store."
+    )
     authentication_class = Type(
-        auth.DummyAuthentication, klass=auth.Authentication, config=True,
+        auth.DummyAuthentication,
+        klass=auth.Authentication,
+        config=True,
         help="Authentication class, e.g. conda_store_server.server.auth.DummyAuthentication.",
     )
     secret_key = Unicode(
         config=True,
         help="Secret for sessions; defaults to AuthenticationBackend.secret.",
     )
-    max_page_size = Integer(100, config=True, help="Largest number of items in one page of a list response.")
+    max_page_size = Integer(
+        100, config=True, help="Largest number of items in one page of a list response."
+    )
     behind_proxy = Bool(
-        False, config=True,
+        False,
+        config=True,
         help="Trust X-Forwarded-* headers (only behind a reverse proxy that sets them).",
     )
     template_vars = Dict({}, config=True, help="Extra variables for the HTML templates.")
     additional_routes = List(
-        [], config=True,
+        [],
+        config=True,
         help="Extra routes [(path, method, function), ...]; method is get, post, put or delete.",
     )
     cors_allow_origins = List(Unicode(), [], config=True, help="Allowed CORS origins.")
     cors_allow_origin_regex = Unicode(".*", config=True, help="Allowed CORS origins, as a regex.")
     standalone = Bool(
-        False, config=True,
+        False,
+        config=True,
         help="Also run a build worker as a child process of the server.",
     )
     standalone_demo_channel = Bool(
-        True, config=True,
+        True,
+        config=True,
         help="With --standalone: build the offline demo channel into the store and use it as the "
         "default channel when CondaStore.conda_default_channels is not configured.",
     )
@@ -123,8 +141,10 @@ class CondaStoreServer(BaseApplication):
             build_demo_channel(channel)
         if "conda_default_channels" not in self.config.get("CondaStore", {}):
             conda_store.conda_default_channels = [channel.as_uri()]
-            self.log.info("standalone: environments without channels use the demo channel %s",
-                          channel.as_uri())
+            self.log.info(
+                "standalone: environments without channels use the demo channel %s",
+                channel.as_uri(),
+            )
 
     def create_app(self, conda_store: CondaStore | None = None) -> FastAPI:
         conda_store = conda_store or self.make_conda_store()
@@ -143,7 +163,10 @@ class CondaStoreServer(BaseApplication):
         app = self.create_app(conda_store)
         try:
             uvicorn.run(
-                app, host=self.address, port=self.port, log_level=self.log_level.lower(),
+                app,
+                host=self.address,
+                port=self.port,
+                log_level=self.log_level.lower(),
                 proxy_headers=self.behind_proxy,
                 forwarded_allow_ips="*" if self.behind_proxy else "127.0.0.1",
             )
@@ -166,12 +189,18 @@ class CondaStoreServer(BaseApplication):
             self.log.warning(
                 "DummyAuthentication lets anyone who knows its password log in as an admin, and "
                 "the server listens on %s (not loopback). Configure a real "
-                "CondaStoreServer.authentication_class before exposing it.", self.address,
+                "CondaStoreServer.authentication_class before exposing it.",
+                self.address,
             )
 
     def spawn_worker(self, conda_store: CondaStore) -> subprocess.Popen[bytes]:
         """The standalone worker: a child process with the same configuration."""
-        arguments = [sys.executable, "-m", "conda_store_server.worker", *self.command_line_arguments()]
+        arguments = [
+            sys.executable,
+            "-m",
+            "conda_store_server.worker",
+            *self.command_line_arguments(),
+        ]
         if "conda_default_channels" not in self.config.get("CondaStore", {}):
             channels = conda_store.conda_default_channels
             arguments.append(f"--CondaStore.conda_default_channels={channels!r}")
@@ -183,8 +212,9 @@ def _error(status_code: int, message: str) -> JSONResponse:
     return JSONResponse({"status": "error", "message": message}, status_code=status_code)
 
 
-def create_app(server: CondaStoreServer, conda_store: CondaStore,
-               authentication: auth.Authentication) -> FastAPI:
+def create_app(
+    server: CondaStoreServer, conda_store: CondaStore, authentication: auth.Authentication
+) -> FastAPI:
     """The ASGI application; everything it needs comes in as arguments (no globals)."""
     from conda_store_server.server.api import v1
 
@@ -221,7 +251,13 @@ def create_app(server: CondaStoreServer, conda_store: CondaStore,
 
     @app.exception_handler(CondaStoreError)
     async def domain_error(_request: Request, error: CondaStoreError) -> JSONResponse:
-        status = 404 if isinstance(error, NotFoundError) else 409 if isinstance(error, ConflictError) else 400
+        status = (
+            404
+            if isinstance(error, NotFoundError)
+            else 409
+            if isinstance(error, ConflictError)
+            else 400
+        )
         return _error(status, error.message)
 
     @app.exception_handler(RequestValidationError)
@@ -233,9 +269,9 @@ def create_app(server: CondaStoreServer, conda_store: CondaStore,
 
     @app.get(f"{prefix}/login/", response_class=HTMLResponse)
     def login_page(next: str | None = None) -> HTMLResponse:
-        return HTMLResponse(Template(authentication.login_html).render(
-            next=next, **server.template_vars
-        ))
+        return HTMLResponse(
+            Template(authentication.login_html).render(next=next, **server.template_vars)
+        )
 
     @app.post(f"{prefix}/login/")
     def login(body: Login, request: Request, next: str | None = None) -> JSONResponse:
@@ -243,20 +279,26 @@ def create_app(server: CondaStoreServer, conda_store: CondaStore,
         if entity is None:
             return _error(403, "Invalid authentication credentials")
         token = authentication.authentication.encrypt_token(entity)
-        response = JSONResponse({
-            "status": "ok", "data": {"redirect_url": next or f"{prefix}/"}, "message": None
-        })
+        response = JSONResponse(
+            {"status": "ok", "data": {"redirect_url": next or f"{prefix}/"}, "message": None}
+        )
         response.set_cookie(
-            authentication.cookie_name, token, httponly=True, samesite="strict",
+            authentication.cookie_name,
+            token,
+            httponly=True,
+            samesite="strict",
             max_age=int((entity.exp - _now()).total_seconds()),
-            domain=authentication.cookie_domain, path="/",
+            domain=authentication.cookie_domain,
+            path="/",
         )
         return response
 
     @app.post(f"{prefix}/logout/")
     def logout(next: str | None = None) -> RedirectResponse:
         response = RedirectResponse(next or f"{prefix}/", status_code=303)
-        response.delete_cookie(authentication.cookie_name, domain=authentication.cookie_domain, path="/")
+        response.delete_cookie(
+            authentication.cookie_name, domain=authentication.cookie_domain, path="/"
+        )
         return response
 
     for path, method, function in server.additional_routes:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
-from traitlets import Bool, Dict, Instance, Integer, Type, Unicode, default, validate, TraitError
+from traitlets import Dict, Instance, Integer, TraitError, Type, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from conda_store_server.app import conda_store_dir
@@ -88,8 +88,10 @@ def arn_matches(binding: str, arn: str) -> bool:
     namespace_pattern, name_pattern = match.groups()
     if "/" in arn:
         namespace, name = arn.split("/", 1)
-        return bool(re.fullmatch(_segment_regex(namespace_pattern), namespace)
-                    and re.fullmatch(_segment_regex(name_pattern), name))
+        return bool(
+            re.fullmatch(_segment_regex(namespace_pattern), namespace)
+            and re.fullmatch(_segment_regex(name_pattern), name)
+        )
     return bool(name_pattern == "*" and re.fullmatch(_segment_regex(namespace_pattern), arn))
 
 
@@ -156,7 +158,10 @@ def _token_from_claims(claims: dict[str, Any]) -> AuthenticationToken | None:
         exp = claims.get("exp")
         token = AuthenticationToken(
             primary_namespace=str(claims.get("primary_namespace", "default")),
-            role_bindings={str(k): [str(r) for r in v] for k, v in dict(claims.get("role_bindings") or {}).items()},
+            role_bindings={
+                str(k): [str(r) for r in v]
+                for k, v in dict(claims.get("role_bindings") or {}).items()
+            },
         )
         if isinstance(exp, int | float):
             token.exp = datetime.datetime.fromtimestamp(exp, datetime.UTC)
@@ -188,7 +193,10 @@ def load_or_create_secret(path: str) -> str:
 
 class AuthorizationBackend(LoggingConfigurable):
     role_mappings = Dict(
-        {role: {p.value for p in permissions} for role, permissions in DEFAULT_ROLE_MAPPINGS.items()},
+        {
+            role: {p.value for p in permissions}
+            for role, permissions in DEFAULT_ROLE_MAPPINGS.items()
+        },
         config=True,
         help="Role name -> set of permission strings. Defaults: viewer, editor (alias developer), "
         "admin.",
@@ -210,8 +218,10 @@ class AuthorizationBackend(LoggingConfigurable):
             names = ("editor", "developer") if normalize_role(role) == "developer" else (role,)
             for name in names:
                 if name in self.role_mappings:
-                    result |= {p.value if isinstance(p, Permissions) else p
-                               for p in self.role_mappings[name]}
+                    result |= {
+                        p.value if isinstance(p, Permissions) else p
+                        for p in self.role_mappings[name]
+                    }
                     break
         return result
 
@@ -229,8 +239,9 @@ class AuthorizationBackend(LoggingConfigurable):
                 granted |= self.permissions_of_roles(roles)
         return granted
 
-    def authorize(self, entity: AuthenticationToken | None, arn: str,
-                  required: Iterable[Permissions]) -> bool:
+    def authorize(
+        self, entity: AuthenticationToken | None, arn: str, required: Iterable[Permissions]
+    ) -> bool:
         granted = self.permissions(entity, arn)
         return all(p.value in granted for p in required)
 
@@ -255,15 +266,21 @@ class RBACAuthorizationBackend(AuthorizationBackend):
 class Authentication(LoggingConfigurable):
     cookie_name = Unicode("conda-store-auth", config=True, help="Name of the browser cookie.")
     cookie_domain = Unicode(
-        None, allow_none=True, config=True,
+        None,
+        allow_none=True,
+        config=True,
         help="Domain of the cookie, e.g. `example.com` to make it valid on *.example.com too.",
     )
     authentication_backend = Type(
-        AuthenticationBackend, klass=AuthenticationBackend, config=True,
+        AuthenticationBackend,
+        klass=AuthenticationBackend,
+        config=True,
         help="Class that signs and reads tokens.",
     )
     authorization_backend = Type(
-        RBACAuthorizationBackend, klass=AuthorizationBackend, config=True,
+        RBACAuthorizationBackend,
+        klass=AuthorizationBackend,
+        config=True,
         help="Class that turns role bindings into permissions.",
     )
     login_html = Unicode(
@@ -290,7 +307,9 @@ class Authentication(LoggingConfigurable):
         """Whom a username/password identifies; the base class trusts nobody."""
         return None
 
-    def entity_from_headers(self, cookie: str | None, authorization: str | None) -> AuthenticationToken | None:
+    def entity_from_headers(
+        self, cookie: str | None, authorization: str | None
+    ) -> AuthenticationToken | None:
         """Cookie first, then `Bearer <jwt>`, then `Basic` with the token as password."""
         if cookie is not None:
             return self.authentication.decrypt_token(cookie)

@@ -76,9 +76,14 @@ class Build(BaseModel):
             id=build.id,
             environment_id=build.environment_id,
             specification=Specification(
-                id=specification.id, name=specification.name, spec=specification.spec,
-                sha256=specification.sha256, created_on=specification.created_on,
-            ) if detail else None,
+                id=specification.id,
+                name=specification.name,
+                spec=specification.spec,
+                sha256=specification.sha256,
+                created_on=specification.created_on,
+            )
+            if detail
+            else None,
             status=build.status.value,
             status_info=build.status_info,
             size=build.size or 0,
@@ -86,10 +91,11 @@ class Build(BaseModel):
             started_on=build.started_on,
             ended_on=build.ended_on,
             build_artifacts=[
-                BuildArtifact(id=a.id, artifact_type=a.artifact_type.value,
-                              key=_public_key(a))
+                BuildArtifact(id=a.id, artifact_type=a.artifact_type.value, key=_public_key(a))
                 for a in build.build_artifacts
-            ] if detail else None,
+            ]
+            if detail
+            else None,
         )
 
 

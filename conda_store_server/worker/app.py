@@ -52,8 +52,12 @@ class CondaStoreWorker(BaseApplication):
 
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
-        self.log.info("worker %s ready: %d build slot(s), database %s", supervisor.worker_id,
-                      concurrency, conda_store.engine.url.render_as_string(hide_password=True))
+        self.log.info(
+            "worker %s ready: %d build slot(s), database %s",
+            supervisor.worker_id,
+            concurrency,
+            conda_store.engine.url.render_as_string(hide_password=True),
+        )
         supervisor.run(stop.is_set)
 
 

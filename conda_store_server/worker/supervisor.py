@@ -120,8 +120,12 @@ class Supervisor:
                 claimed = session.execute(
                     update(Build)
                     .where(Build.id == build_id, Build.status == BuildStatus.QUEUED)
-                    .values(status=BuildStatus.BUILDING, started_on=now, heartbeat_on=now,
-                            worker_id=self.worker_id)
+                    .values(
+                        status=BuildStatus.BUILDING,
+                        started_on=now,
+                        heartbeat_on=now,
+                        worker_id=self.worker_id,
+                    )
                     .execution_options(synchronize_session=False)
                 ).rowcount
                 if claimed:
@@ -130,7 +134,9 @@ class Supervisor:
 
     def _start(self, build_id: int) -> None:
         process = self._context.Process(
-            target=_child_main, args=(self.conda_store, build_id), name=f"build-{build_id}",
+            target=_child_main,
+            args=(self.conda_store, build_id),
+            name=f"build-{build_id}",
             daemon=False,
         )
         process.start()
@@ -158,7 +164,10 @@ class Supervisor:
                     f"the build exceeded CondaStore.build_timeout ({limit} s) and was stopped",
                 )
                 _kill(running)
-            elif running.kill_sent_at and time.monotonic() - running.kill_sent_at > KILL_GRACE_SECONDS:
+            elif (
+                running.kill_sent_at
+                and time.monotonic() - running.kill_sent_at > KILL_GRACE_SECONDS
+            ):
                 _kill(running, signal.SIGKILL)
 
     def _check_requests(self) -> None:
@@ -166,8 +175,9 @@ class Supervisor:
             return
         with self.conda_store.session() as session:
             rows = session.execute(
-                select(Build.id, Build.cancel_requested_on, Build.deleted_on)
-                .where(Build.id.in_(list(self.running)))
+                select(Build.id, Build.cancel_requested_on, Build.deleted_on).where(
+                    Build.id.in_(list(self.running))
+                )
             ).all()
         for build_id, cancel_requested_on, deleted_on in rows:
             running = self.running[build_id]
@@ -199,10 +209,16 @@ class Supervisor:
             ).rowcount
             build = get_build(session, running.build_id)
             if changed:
-                _append_log(self.conda_store, build, f"build {build.id} marked {status.value}: {reason}")
+                _append_log(
+                    self.conda_store, build, f"build {build.id} marked {status.value}: {reason}"
+                )
             if build.deleted_on is not None:
-                purge_build_files(self.conda_store, build, kept_artifacts(session, self.conda_store))
-        log.info("build %s ended: %s", running.build_id, status.value if changed else "settled by child")
+                purge_build_files(
+                    self.conda_store, build, kept_artifacts(session, self.conda_store)
+                )
+        log.info(
+            "build %s ended: %s", running.build_id, status.value if changed else "settled by child"
+        )
 
 
 def _worker_is_dead(worker_id: str | None) -> bool:
@@ -220,7 +236,9 @@ def _worker_is_dead(worker_id: str | None) -> bool:
     return False
 
 
-def recover_stale_builds(conda_store: CondaStore, stale_after: float = STALE_AFTER_SECONDS) -> list[int]:
+def recover_stale_builds(
+    conda_store: CondaStore, stale_after: float = STALE_AFTER_SECONDS
+) -> list[int]:
     """Mark FAILED the BUILDING builds whose worker is gone.
 
     A worker is gone when its heartbeat stopped, or at once when it ran on this machine and its
@@ -231,7 +249,8 @@ def recover_stale_builds(conda_store: CondaStore, stale_after: float = STALE_AFT
     with conda_store.session() as session:
         building = session.scalars(select(Build).where(Build.status == BuildStatus.BUILDING)).all()
         stale = [
-            build for build in building
+            build
+            for build in building
             if (build.heartbeat_on or build.started_on or cutoff) < cutoff
             or _worker_is_dead(build.worker_id)
         ]

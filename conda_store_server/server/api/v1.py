@@ -60,15 +60,20 @@ def api_status() -> dict[str, Any]:
 def api_permission(caller: Caller = CallerDependency) -> dict[str, Any]:
     authorization = caller.authentication.authorization
     bindings = authorization.entity_bindings(caller.entity)
-    return ok({
-        "authenticated": caller.authenticated,
-        "primary_namespace": caller.primary_namespace,
-        "entity_permissions": {
-            arn: sorted(authorization.permissions_of_roles(roles)) for arn, roles in bindings.items()
-        },
-        "entity_roles": {arn: sorted(roles) for arn, roles in bindings.items()},
-        "expiration": caller.entity.exp.strftime("%Y-%m-%dT%H:%M:%SZ") if caller.entity else None,
-    })
+    return ok(
+        {
+            "authenticated": caller.authenticated,
+            "primary_namespace": caller.primary_namespace,
+            "entity_permissions": {
+                arn: sorted(authorization.permissions_of_roles(roles))
+                for arn, roles in bindings.items()
+            },
+            "entity_roles": {arn: sorted(roles) for arn, roles in bindings.items()},
+            "expiration": caller.entity.exp.strftime("%Y-%m-%dT%H:%M:%SZ")
+            if caller.entity
+            else None,
+        }
+    )
 
 
 # ------------------------------------------------------------------------------ specification
@@ -88,9 +93,11 @@ def api_post_specification(
         specification = parse_specification(body.specification)
     service.check_name("namespace", namespace)
     caller.require(f"{namespace}/{specification.name}", Permissions.ENVIRONMENT_CREATE)
-    exists = session.query(Namespace.id).filter(
-        Namespace.name == namespace, Namespace.deleted_on.is_(None)
-    ).first()
+    exists = (
+        session.query(Namespace.id)
+        .filter(Namespace.name == namespace, Namespace.deleted_on.is_(None))
+        .first()
+    )
     if exists is None:
         caller.require(namespace, Permissions.NAMESPACE_CREATE)
     build = service.register_environment(session, conda_store, namespace, specification)
@@ -101,7 +108,10 @@ def api_post_specification(
 # ------------------------------------------------------------------------------ environments
 @router.get("/environment/{namespace}/{name}/")
 def api_get_environment(
-    namespace: str, name: str, caller: Caller = CallerDependency, session: Session = SessionDependency
+    namespace: str,
+    name: str,
+    caller: Caller = CallerDependency,
+    session: Session = SessionDependency,
 ) -> dict[str, Any]:
     caller.require(f"{namespace}/{name}", Permissions.ENVIRONMENT_READ)
     environment = service.get_environment(session, namespace, name)
@@ -179,7 +189,9 @@ def api_environment_lockfile(
 
 
 # ------------------------------------------------------------------------------ builds
-def _readable_build(session: Session, caller: Caller, build_id: int, *permissions: Permissions) -> Any:
+def _readable_build(
+    session: Session, caller: Caller, build_id: int, *permissions: Permissions
+) -> Any:
     """Builds are looked up first (404), then authorized on their environment (as upstream)."""
     build = service.get_build(session, build_id)
     caller.require(environment_arn(build), *(permissions or (Permissions.ENVIRONMENT_READ,)))
@@ -246,30 +258,42 @@ def _artifact_response(
 
 
 @router.get("/build/{build_id}/logs/")
-def api_build_logs(build_id: int, caller: Caller = CallerDependency,
-                   session: Session = SessionDependency,
-                   conda_store: CondaStore = StoreDependency) -> Response:
+def api_build_logs(
+    build_id: int,
+    caller: Caller = CallerDependency,
+    session: Session = SessionDependency,
+    conda_store: CondaStore = StoreDependency,
+) -> Response:
     return _artifact_response(session, caller, conda_store, build_id, "logs")
 
 
 @router.get("/build/{build_id}/yaml/")
-def api_build_yaml(build_id: int, caller: Caller = CallerDependency,
-                   session: Session = SessionDependency,
-                   conda_store: CondaStore = StoreDependency) -> Response:
+def api_build_yaml(
+    build_id: int,
+    caller: Caller = CallerDependency,
+    session: Session = SessionDependency,
+    conda_store: CondaStore = StoreDependency,
+) -> Response:
     return _artifact_response(session, caller, conda_store, build_id, "yaml")
 
 
 @router.get("/build/{build_id}/lockfile/")
 @router.get("/build/{build_id}/conda-lock.yml")
 @router.get("/build/{build_id}/conda-lock.yaml")
-def api_build_lockfile(build_id: int, caller: Caller = CallerDependency,
-                       session: Session = SessionDependency,
-                       conda_store: CondaStore = StoreDependency) -> Response:
+def api_build_lockfile(
+    build_id: int,
+    caller: Caller = CallerDependency,
+    session: Session = SessionDependency,
+    conda_store: CondaStore = StoreDependency,
+) -> Response:
     return _artifact_response(session, caller, conda_store, build_id, "lockfile")
 
 
 @router.get("/build/{build_id}/archive/")
-def api_build_archive(build_id: int, caller: Caller = CallerDependency,
-                      session: Session = SessionDependency,
-                      conda_store: CondaStore = StoreDependency) -> Response:
+def api_build_archive(
+    build_id: int,
+    caller: Caller = CallerDependency,
+    session: Session = SessionDependency,
+    conda_store: CondaStore = StoreDependency,
+) -> Response:
     return _artifact_response(session, caller, conda_store, build_id, "archive")

@@ -159,8 +159,8 @@ class CondaStoreServer(BaseApplication):
         conda_store.ensure_database()
         self.configure_standalone(conda_store)
         self.warn_if_insecure()
-        worker = self.spawn_worker(conda_store) if self.standalone else None
         app = self.create_app(conda_store)
+        worker = self.spawn_worker(conda_store) if self.standalone else None
         try:
             uvicorn.run(
                 app,

@@ -1,0 +1,89 @@
+"""conda-lock v1 lockfiles: what the original serves and accepts back.
+
+Written with conda-lock's own pydantic models (the format's definition); read back with
+py-rattler, which understands conda-lock v1 and yields installable records.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import rattler
+from conda_store_server.conda_lock_models import HashModel, LockedDependency, Lockfile, LockMeta
+
+from conda_store_server.exception import BuildFailure
+
+
+def _dependencies(depends: list[str]) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for depend in depends:
+        name = rattler.MatchSpec(depend).name.normalized
+        constraint = depend.strip()[len(name):].strip()
+        result[name] = constraint or "*"
+    return result
+
+
+def to_conda_lock(
+    records_by_platform: dict[str, list[rattler.RepoDataRecord]],
+    channels: list[str],
+    content_hash: str,
+) -> dict[str, Any]:
+    """A conda-lock v1 document (as a JSON-ready dict) for the solved records of each platform."""
+    packages = [
+        LockedDependency(
+            name=record.name.normalized,
+            version=str(record.version),
+            manager="conda",
+            platform=platform,
+            dependencies=_dependencies(list(record.depends)),
+            url=record.url,
+            hash=HashModel(
+                md5=record.md5.hex() if record.md5 else None,
+                sha256=record.sha256.hex() if record.sha256 else None,
+            ),
+            build=str(record.build),
+            category="main",
+            optional=False,
+        )
+        for platform, records in records_by_platform.items()
+        for record in sorted(records, key=lambda r: r.name.normalized)
+    ]
+    lockfile = Lockfile(
+        package=packages,
+        metadata=LockMeta(
+            content_hash={platform: content_hash for platform in records_by_platform},
+            channels=channels,
+            platforms=list(records_by_platform),
+            sources=["environment.yaml"],
+        ),
+    )
+    return lockfile.dict_for_output()
+
+
+def from_conda_lock(lock: dict[str, Any]) -> dict[str, list[rattler.RepoDataRecord]]:
+    """The conda records of each platform of a conda-lock v1 document."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "conda-lock.yml"
+        path.write_text(json.dumps({**lock, "version": 1}))
+        try:
+            lockfile = rattler.LockFile.from_path(path)
+        except Exception as error:  # rattler raises its own parse errors; the message is the cause
+            raise BuildFailure(f"The lockfile could not be read: {error}") from error
+    environment = lockfile.default_environment()
+    if environment is None:
+        raise BuildFailure("The lockfile has no environment")
+    return {
+        str(platform.name): environment.conda_repodata_records_for_platform(platform) or []
+        for platform in environment.platforms()
+    }
+
+
+def pip_packages(lock: dict[str, Any], platform: str) -> list[dict[str, Any]]:
+    """The `manager: pip` entries of a lockfile for one platform."""
+    return [
+        package for package in lock.get("package", [])
+        if package.get("manager") == "pip" and package.get("platform") == platform
+    ]

@@ -1,0 +1,337 @@
+"""One build, start to finish: solve → lockfile → install → record → COMPLETED → artifacts.
+
+Runs inside the supervised child process (see `conda_store_server.worker.supervisor`). Every
+status change is conditional on the build still being BUILDING, so a cancel or a recovery that
+already decided the outcome is never overwritten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import rattler
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from conda_store_server.build import artifacts, install, lockfile, solve
+from conda_store_server.build.keys import artifact_key, build_key, identity_of
+from conda_store_server.build.logs import BuildLog
+from conda_store_server.build.permissions import apply_ownership
+from conda_store_server.db.models import (
+    Build,
+    BuildArtifact,
+    BuildArtifactType,
+    BuildStatus,
+    CondaChannel,
+    CondaPackage,
+    CondaPackageBuild,
+    Environment,
+    utcnow,
+)
+from conda_store_server.exception import BuildFailure, CondaStoreError
+from conda_store_server.service import get_build, link_current_build, prefix_of, run_post_update_hook
+from conda_store_server.settings import Settings, get_settings
+from conda_store_server.specification import normalize_channel
+
+if TYPE_CHECKING:
+    from conda_store_server.app import CondaStore
+
+
+@dataclass
+class BuildPlan:
+    """Everything the build needs, read once so no ORM object crosses the slow steps."""
+
+    build_id: int
+    environment_name: str
+    namespace: str
+    key: str
+    prefix: str
+    spec: dict[str, Any]
+    is_lockfile: bool
+    settings: Settings
+    specification_sha256: str
+
+
+def run_build(conda_store: CondaStore, build_id: int) -> BuildStatus:
+    """Run a claimed (BUILDING) build; return its final status. Never raises for build errors."""
+    with conda_store.session() as session:
+        build = get_build(session, build_id)
+        log = BuildLog(conda_store.storage, artifact_key("logs", build_key(identity_of(build))))
+        try:
+            plan = _plan(session, conda_store, build)
+        except CondaStoreError as error:
+            log.write(error.message)
+            log.flush()
+            _finish(session, build_id, BuildStatus.FAILED, error.message)
+            return BuildStatus.FAILED
+
+    started = time.monotonic()
+    log.write(f"starting build {build_id} of conda environment {plan.namespace}/"
+              f"{plan.environment_name} at {utcnow().isoformat()} UTC")
+    try:
+        _build(conda_store, plan, log)
+    except BuildFailure as failure:
+        log.write(f"build failed: {failure.reason}")
+        log.flush()
+        _mark_failed(conda_store, plan.build_id, failure.reason)
+        return BuildStatus.FAILED
+    except Exception as error:
+        log.write(traceback.format_exc())
+        log.flush()
+        _mark_failed(conda_store, plan.build_id, f"internal error: {error!r}")
+        return BuildStatus.FAILED
+    log.write(f"build {build_id} finished in {time.monotonic() - started:.2f} s")
+    log.flush()
+    return BuildStatus.COMPLETED
+
+
+def _plan(session: Session, conda_store: CondaStore, build: Build) -> BuildPlan:
+    environment = build.environment
+    return BuildPlan(
+        build_id=build.id,
+        environment_name=environment.name,
+        namespace=environment.namespace.name,
+        key=build_key(identity_of(build)),
+        prefix=prefix_of(conda_store, build),
+        spec=dict(build.specification.spec),
+        is_lockfile=build.specification.is_lockfile,
+        settings=get_settings(session, conda_store, environment.namespace.name, environment.name),
+        specification_sha256=build.specification.sha256,
+    )
+
+
+def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
+    host = str(rattler.Subdir.current())
+    lock, channels = _lock(conda_store, plan, log)
+    _store_artifact(
+        conda_store, plan.build_id, BuildArtifactType.LOCKFILE,
+        artifact_key("lockfile", plan.key), json.dumps(lock, indent=4).encode(), "application/json",
+    )
+    records_by_platform = lockfile.from_conda_lock(lock)
+    if host not in records_by_platform:
+        raise BuildFailure(
+            f"The lockfile has no packages for this worker's platform {host} "
+            f"(it covers {sorted(records_by_platform)}); add {host} to conda_solve_platforms"
+        )
+    records = records_by_platform[host]
+
+    if os.path.lexists(plan.prefix):
+        shutil.rmtree(plan.prefix)
+    os.makedirs(os.path.dirname(plan.prefix), exist_ok=True)
+    log.write(f"installing {len(records)} packages into {plan.prefix}")
+    for record in sorted(records, key=lambda r: r.name.normalized):
+        log.write(f"  {record.name.normalized} {record.version} {record.build}  {record.url}")
+    started = time.monotonic()
+    asyncio.run(install.install(records, plan.prefix, conda_store.package_cache_directory))
+    log.write(f"installed in {time.monotonic() - started:.2f} s")
+
+    pip = lockfile.pip_packages(lock, host)
+    if pip:
+        raise BuildFailure(
+            "pip dependencies are not supported yet; remove the `pip:` section from the "
+            "specification"
+        )
+
+    apply_ownership(plan.prefix, plan.settings.default_uid, plan.settings.default_gid,
+                    plan.settings.default_permissions)
+    size = _directory_size(plan.prefix)
+    with conda_store.session() as session:
+        _record_packages(session, plan.build_id, plan.prefix, records)
+    _complete(conda_store, plan, size, log)
+    _make_artifacts(conda_store, plan, channels, log)
+
+
+def _lock(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> tuple[dict[str, Any], list[str]]:
+    if plan.is_lockfile:
+        lock = {**plan.spec["lockfile"], "version": 1}
+        channels = [c["url"] if isinstance(c, dict) else c
+                    for c in lock.get("metadata", {}).get("channels", [])]
+        log.write("using the submitted lockfile; no solve needed")
+        return lock, channels
+
+    pip_requirements = [
+        requirement
+        for dependency in plan.spec.get("dependencies", []) if isinstance(dependency, dict)
+        for requirement in dependency.get("pip", [])
+    ]
+    if pip_requirements:
+        raise BuildFailure(
+            f"pip dependencies {pip_requirements} are not supported yet; remove the `pip:` "
+            "section from the specification"
+        )
+    settings = plan.settings
+    channels = [normalize_channel(c, settings.conda_channel_alias)
+                for c in plan.spec.get("channels") or settings.conda_default_channels]
+    specs = [d for d in plan.spec.get("dependencies", []) if isinstance(d, str)]
+    log.write(f"solving {specs} from {channels} for {settings.conda_solve_platforms}")
+    started = time.monotonic()
+    records_by_platform = asyncio.run(solve.solve(
+        channels, specs, settings.conda_solve_platforms,
+        conda_store.repodata_cache_directory, settings.conda_max_solve_time,
+    ))
+    log.write(f"solved in {time.monotonic() - started:.2f} s")
+    return lockfile.to_conda_lock(records_by_platform, channels, plan.specification_sha256), channels
+
+
+def _store_artifact(
+    conda_store: CondaStore, build_id: int, artifact_type: BuildArtifactType,
+    key: str, content: bytes, content_type: str,
+) -> None:
+    conda_store.storage.set(key, content, content_type)
+    _add_artifact_row(conda_store, build_id, artifact_type, key)
+
+
+def _add_artifact_row(conda_store: CondaStore, build_id: int, artifact_type: BuildArtifactType,
+                      key: str) -> None:
+    with conda_store.session() as session:
+        exists = session.scalar(select(BuildArtifact.id).where(
+            BuildArtifact.build_id == build_id, BuildArtifact.artifact_type == artifact_type
+        ))
+        if exists is None:
+            session.add(BuildArtifact(build_id=build_id, artifact_type=artifact_type, key=key))
+
+
+def _directory_size(prefix: str) -> int:
+    """Bytes on disk, counting each hard-linked inode once (like `du`)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for root, directories, files in os.walk(prefix):
+        for name in directories + files:
+            stat = os.lstat(os.path.join(root, name))
+            if (stat.st_dev, stat.st_ino) not in seen:
+                seen.add((stat.st_dev, stat.st_ino))
+                total += stat.st_size
+    return total
+
+
+def _channel_of(record: rattler.RepoDataRecord) -> str:
+    if record.channel:
+        return str(record.channel).rstrip("/")
+    return record.url.rsplit("/", 2)[0]
+
+
+def _about(prefix: str, record: rattler.RepoDataRecord) -> dict[str, Any]:
+    meta = Path(prefix, "conda-meta", f"{record.name.normalized}-{record.version}-{record.build}.json")
+    try:
+        extracted = json.loads(meta.read_text()).get("extracted_package_dir")
+        return json.loads(Path(extracted, "info", "about.json").read_text()) if extracted else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _get_or_create(session: Session, model: type, lookup: dict[str, Any], **values: Any) -> Any:
+    """Upsert tolerant of another build inserting the same row at the same moment."""
+    row = session.scalar(select(model).filter_by(**lookup))
+    if row is not None:
+        return row
+    try:
+        with session.begin_nested():
+            row = model(**lookup, **values)
+            session.add(row)
+    except IntegrityError:
+        row = session.scalars(select(model).filter_by(**lookup)).one()
+    return row
+
+
+def _record_packages(session: Session, build_id: int, prefix: str,
+                     records: list[rattler.RepoDataRecord]) -> None:
+    build = session.get(Build, build_id)
+    assert build is not None
+    package_builds = []
+    for record in records:
+        about = _about(prefix, record)
+        channel = _get_or_create(session, CondaChannel, {"name": _channel_of(record)})
+        package = _get_or_create(
+            session, CondaPackage,
+            {"channel_id": channel.id, "name": record.name.normalized, "version": str(record.version)},
+            license=record.license or about.get("license"),
+            license_family=record.license_family,
+            summary=about.get("summary"),
+            description=about.get("description"),
+        )
+        package_builds.append(_get_or_create(
+            session, CondaPackageBuild,
+            {
+                "channel_id": channel.id, "package_id": package.id, "subdir": record.subdir,
+                "build": str(record.build), "build_number": record.build_number,
+                "sha256": record.sha256.hex() if record.sha256 else "",
+            },
+            depends=list(record.depends),
+            constrains=list(record.constrains),
+            md5=record.md5.hex() if record.md5 else "",
+            size=record.size or 0,
+            timestamp=int(record.timestamp.timestamp() * 1000) if record.timestamp else None,
+        ))
+    build.package_builds = package_builds
+
+
+def _complete(conda_store: CondaStore, plan: BuildPlan, size: int, log: BuildLog) -> None:
+    """COMPLETED, and the environment's current build: the last build to complete wins."""
+    with conda_store.session() as session:
+        result = session.execute(
+            update(Build)
+            .where(Build.id == plan.build_id, Build.status == BuildStatus.BUILDING)
+            .values(status=BuildStatus.COMPLETED, ended_on=utcnow(), size=size, status_info=None)
+            .execution_options(synchronize_session=False)
+        )
+        if not result.rowcount:
+            raise BuildFailure("the build was canceled or recovered while it ran")
+        session.add(BuildArtifact(build_id=plan.build_id, artifact_type=BuildArtifactType.DIRECTORY,
+                                  key=plan.prefix))
+        build = get_build(session, plan.build_id)
+        environment: Environment = build.environment
+        if environment.deleted_on is None and build.deleted_on is None:
+            environment.current_build_id = build.id
+            session.flush()
+            link_current_build(conda_store, environment, build)
+            run_post_update_hook(conda_store, environment)
+    log.write(f"build {plan.build_id} COMPLETED ({size} bytes); it is now the current build")
+    log.flush()
+
+
+def _make_artifacts(conda_store: CondaStore, plan: BuildPlan, channels: list[str], log: BuildLog) -> None:
+    """Artifacts after COMPLETED (as the original): a failure here is logged, the env stays usable."""
+    wanted = plan.settings.build_artifacts
+    if "YAML" in wanted:
+        content = artifacts.export_yaml(plan.environment_name, plan.prefix, channels, [])
+        _store_artifact(conda_store, plan.build_id, BuildArtifactType.YAML,
+                        artifact_key("yaml", plan.key), content.encode(), "text/yaml")
+        log.write("YAML export stored")
+    if "CONDA_PACK" in wanted:
+        started = time.monotonic()
+        try:
+            with artifacts.temporary_directory(conda_store.store_directory) as scratch:
+                archive = artifacts.conda_pack_archive(plan.prefix, scratch)
+                conda_store.storage.fset(artifact_key("archive", plan.key), archive, "application/gzip")
+            _add_artifact_row(conda_store, plan.build_id, BuildArtifactType.CONDA_PACK,
+                              artifact_key("archive", plan.key))
+            log.write(f"conda-pack archive stored in {time.monotonic() - started:.2f} s")
+        except Exception as error:
+            log.write(f"conda-pack archive failed: {error}")
+    for unavailable in sorted(set(wanted) & {"DOCKER_MANIFEST", "CONSTRUCTOR_INSTALLER"}):
+        log.write(f"{unavailable} artifacts are not built by this server yet; skipped")
+    log.flush()
+
+
+def _finish(session: Session, build_id: int, status: BuildStatus, reason: str | None) -> bool:
+    result = session.execute(
+        update(Build)
+        .where(Build.id == build_id, Build.status == BuildStatus.BUILDING)
+        .values(status=status, ended_on=utcnow(), status_info=reason)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)
+
+
+def _mark_failed(conda_store: CondaStore, build_id: int, reason: str) -> None:
+    with conda_store.session() as session:
+        _finish(session, build_id, BuildStatus.FAILED, reason)

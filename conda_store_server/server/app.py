@@ -200,6 +200,7 @@ class CondaStoreServer(BaseApplication):
             "-m",
             "conda_store_server.worker",
             *self.command_line_arguments(),
+            "--CondaStoreWorker.stop_with_parent=True",
         ]
         if "conda_default_channels" not in self.config.get("CondaStore", {}):
             channels = conda_store.conda_default_channels

@@ -7,12 +7,12 @@ import signal
 import threading
 from typing import Any
 
-from traitlets import Integer, List, Unicode
+from traitlets import Bool, Integer, List, Unicode
 
 from conda_store_server.app import CondaStore
 from conda_store_server.application import BaseApplication
 from conda_store_server.storage import LocalStorage
-from conda_store_server.worker.supervisor import Supervisor
+from conda_store_server.worker.supervisor import Supervisor, die_with_parent
 
 
 class CondaStoreWorker(BaseApplication):
@@ -39,7 +39,19 @@ class CondaStoreWorker(BaseApplication):
         help="How many builds run at once on this worker. Default: the number of CPUs.",
     )
 
+    stop_with_parent = Bool(
+        False,
+        config=True,
+        help="Stop when the process that started this worker exits (set by "
+        "`conda-store-server --standalone`, so no worker outlives its server).",
+    )
+
     def start(self) -> None:
+        if self.stop_with_parent:
+            parent = os.getppid()
+            die_with_parent(signal.SIGTERM)
+            if os.getppid() != parent:
+                return
         conda_store = self.make_conda_store()
         conda_store.ensure_database()
         concurrency = self.concurrency or os.cpu_count() or 1

@@ -297,18 +297,18 @@ def _describe_exit(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-def _die_with_parent() -> None:
-    """A build must not outlive its worker (Linux): the kernel kills it when the worker dies."""
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Ask the kernel (Linux) to send `sig` when the parent process dies."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
     except (OSError, AttributeError):
         pass
 
 
 def _child_main(conda_store: CondaStore, build_id: int) -> None:
     os.setsid()
-    _die_with_parent()
+    die_with_parent()  # a build must not outlive its worker
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     conda_store.dispose()

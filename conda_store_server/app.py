@@ -79,10 +79,7 @@ def conda_store_validate_action(conda_store: CondaStore, namespace: str, action:
 
     os.makedirs(conda_store.store_directory, exist_ok=True)
     free = shutil.disk_usage(conda_store.store_directory).free
-    if (
-        action in ("environment:create", "environment::update")
-        and free < conda_store.storage_threshold
-    ):
+    if action in ("environment:create", "environment::update") and free < conda_store.storage_threshold:
         raise CondaStoreError(
             f"`CondaStore.storage_threshold` reached. Action {action} prevented due to "
             f"insufficient storage space ({free} bytes free, {conda_store.storage_threshold} required)"
@@ -424,9 +421,7 @@ class CondaStore(LoggingConfigurable):
     @validate("conda_max_solve_time", "build_timeout")
     def _check_positive_seconds(self, proposal: dict[str, Any]) -> int:
         if proposal["value"] <= 0:
-            raise TraitError(
-                f"c.CondaStore.{proposal['trait'].name} must be a positive number of seconds"
-            )
+            raise TraitError(f"c.CondaStore.{proposal['trait'].name} must be a positive number of seconds")
         return proposal["value"]
 
     # ================================================================= facade

@@ -98,3 +98,13 @@ class BaseApplication(Application):
     def parse_command_line(self, argv: Any = None) -> None:
         self._argv = list(sys.argv[1:] if argv is None else argv)
         super().parse_command_line(argv)
+
+    @classmethod
+    def main(cls, argv: list[str] | None = None) -> None:
+        """The console entry point: configure, then generate the config file or start."""
+        app = cls()
+        app.initialize(argv)
+        if app.generate_config:
+            app.write_generated_config()
+            return
+        app.start()

@@ -11,9 +11,7 @@ import warnings
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"conda_lock(\.|$)")
-    warnings.filterwarnings(
-        "ignore", category=PendingDeprecationWarning, module=r"conda_lock(\.|$)"
-    )
+    warnings.filterwarnings("ignore", category=PendingDeprecationWarning, module=r"conda_lock(\.|$)")
     from conda_lock.lockfile.v1.models import HashModel, LockedDependency, Lockfile, LockMeta
 
 __all__ = ["HashModel", "LockMeta", "LockedDependency", "Lockfile"]

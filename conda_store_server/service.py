@@ -407,18 +407,12 @@ def _delete_environment_builds(
                 os.unlink(link)
 
 
-def delete_environment(
-    session: Session, conda_store: CondaStore, namespace: str, name: str
-) -> None:
+def delete_environment(session: Session, conda_store: CondaStore, namespace: str, name: str) -> None:
     try:
         environment = get_environment(session, namespace, name)
     except NotFoundError as error:
-        raise CondaStoreError(
-            f"environment namespace={namespace} name={name} does not exist"
-        ) from error
-    _delete_environment_builds(
-        session, conda_store, environment, kept_artifacts(session, conda_store)
-    )
+        raise CondaStoreError(f"environment namespace={namespace} name={name} does not exist") from error
+    _delete_environment_builds(session, conda_store, environment, kept_artifacts(session, conda_store))
 
 
 def delete_namespace(session: Session, conda_store: CondaStore, name: str) -> None:

@@ -145,8 +145,7 @@ def set_settings(
 
     prefix = setting_prefix(namespace, environment)
     existing = {
-        row.key: row
-        for row in session.scalars(select(KeyValueStore).where(KeyValueStore.prefix == prefix))
+        row.key: row for row in session.scalars(select(KeyValueStore).where(KeyValueStore.prefix == prefix))
     }
     for key, value in data.items():
         if key in existing:

@@ -178,9 +178,7 @@ def _check_conda_dependency(value: str) -> str:
         rattler.MatchSpec(value)
     except InvalidMatchSpecError as exc:
         reason = _plain(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        raise ValueError(
-            f"Invalid conda package dependency specification {_plain(value)}: {reason}"
-        ) from exc
+        raise ValueError(f"Invalid conda package dependency specification {_plain(value)}: {reason}") from exc
     return value
 
 
@@ -198,9 +196,7 @@ def _check_pip_dependency(value: str) -> str:
     if value.startswith("--"):
         option, option_value = _split_pip_option(value)
         if option not in SUPPORTED_PIP_OPTIONS:
-            raise ValueError(
-                f"Invalid pip option '{_plain(value)}' supported options are {supported}"
-            )
+            raise ValueError(f"Invalid pip option '{_plain(value)}' supported options are {supported}")
         if (
             option_value is None
             or option_value.strip() == ""
@@ -285,8 +281,7 @@ def _dependency_kind(value: Any) -> str | None:
 
 CondaDependency = Annotated[str, AfterValidator(_check_conda_dependency)]
 Dependency = Annotated[
-    Annotated[CondaDependency, Tag("str")]
-    | Annotated[CondaSpecificationPip, Tag("CondaSpecificationPip")],
+    Annotated[CondaDependency, Tag("str")] | Annotated[CondaSpecificationPip, Tag("CondaSpecificationPip")],
     Discriminator(
         _dependency_kind,
         custom_error_type="dependency_type",
@@ -322,10 +317,7 @@ class CondaSpecification(BaseModel):
     def pip_dependencies(self) -> list[str]:
         """All pip entries (requirements and options) of every `{"pip": [...]}` entry."""
         return [
-            item
-            for dep in self.dependencies
-            if isinstance(dep, CondaSpecificationPip)
-            for item in dep.pip
+            item for dep in self.dependencies if isinstance(dep, CondaSpecificationPip) for item in dep.pip
         ]
 
 
@@ -430,9 +422,7 @@ def _load_document(text: str, what: str, limit: int) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise SpecificationError(f"Unable to parse. Invalid YAML: {exc}") from exc
     except RecursionError as exc:
-        raise SpecificationError(
-            "Unable to parse. Invalid YAML: the document is nested too deeply"
-        ) from exc
+        raise SpecificationError("Unable to parse. Invalid YAML: the document is nested too deeply") from exc
     if data is None:
         raise SpecificationError(f"The {what} is empty: expected a YAML mapping of keys to values")
     if not isinstance(data, dict):
@@ -512,9 +502,7 @@ def _channels_as_mappings(lockfile: dict[str, Any]) -> dict[str, Any]:
     return {**lockfile, "metadata": {**metadata, "channels": channels}}
 
 
-def parse_lockfile_specification(
-    text: str, name: str, description: str | None
-) -> LockfileSpecification:
+def parse_lockfile_specification(text: str, name: str, description: str | None) -> LockfileSpecification:
     """Parse a conda-lock v1 file (YAML or JSON text) into a LockfileSpecification.
 
     `name` and `description` come from the request (`environment_name`,
@@ -526,8 +514,7 @@ def parse_lockfile_specification(
         version = data["version"]
         if isinstance(version, bool) or version != 1:
             raise SpecificationError(
-                f"Unsupported lockfile version {version!r}: "
-                "only conda-lock version 1 lockfiles are accepted"
+                f"Unsupported lockfile version {version!r}: only conda-lock version 1 lockfiles are accepted"
             )
         data = {**data, "version": 1}  # accept `1.0` as written by some YAML tools
     shape_lines = _lockfile_shape_errors(data)
@@ -667,9 +654,7 @@ def _apply_pypi(spec: dict[str, Any], policy: SpecificationPolicy) -> None:
 
     missing = [p for p in policy.pypi_required_packages if _pypi_key(p) not in present]
     if missing:
-        raise SpecificationError(
-            f"PyPI packages {missing} are required and missing from the specification"
-        )
+        raise SpecificationError(f"PyPI packages {missing} are required and missing from the specification")
 
 
 def _apply_conda(spec: dict[str, Any], policy: SpecificationPolicy) -> None:
@@ -684,9 +669,7 @@ def _apply_conda(spec: dict[str, Any], policy: SpecificationPolicy) -> None:
             present.add(name)
     missing = [p for p in policy.conda_required_packages if _conda_name(p) not in present]
     if missing:
-        raise SpecificationError(
-            f"Conda packages {missing} are required and missing from the specification"
-        )
+        raise SpecificationError(f"Conda packages {missing} are required and missing from the specification")
 
 
 def apply_policy(spec: CondaSpecification, policy: SpecificationPolicy) -> CondaSpecification:

@@ -23,9 +23,7 @@ from conda_store_server.app import CondaStore
 from conda_store_server.server.app import CondaStoreServer
 from conda_store_server.testing.channel import build_demo_channel
 
-POSTGRES_URL = os.environ.get(
-    "CONDA_STORE_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432"
-)
+POSTGRES_URL = os.environ.get("CONDA_STORE_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 BUILD_WAIT_SECONDS = 120
 
@@ -44,18 +42,14 @@ def _postgres_database() -> Iterator[str]:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as error:
         if IN_CI:
-            pytest.fail(
-                f"PostgreSQL is required in CI and is not reachable at {admin_url}: {error}"
-            )
+            pytest.fail(f"PostgreSQL is required in CI and is not reachable at {admin_url}: {error}")
         pytest.skip(f"PostgreSQL not reachable at {admin_url}: {error}")
     try:
         yield f"{POSTGRES_URL}/{name}"
     finally:
         with engine.connect() as connection:
             connection.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"
-                ),
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"),
                 {"name": name},
             )
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
@@ -71,9 +65,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
-def store_settings(
-    tmp_path: Path, database_url: str, demo_channel: Path
-) -> dict[str, dict[str, Any]]:
+def store_settings(tmp_path: Path, database_url: str, demo_channel: Path) -> dict[str, dict[str, Any]]:
     """Trait values of the store under test; tests may change them before the store is made."""
     return {
         "CondaStore": {
@@ -90,9 +82,7 @@ def store_settings(
 
 def write_config(path: Path, settings: dict[str, dict[str, Any]]) -> Path:
     lines = [
-        f"c.{cls}.{trait} = {value!r}"
-        for cls, traits in settings.items()
-        for trait, value in traits.items()
+        f"c.{cls}.{trait} = {value!r}" for cls, traits in settings.items() for trait, value in traits.items()
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -107,9 +97,7 @@ def conda_store(store_settings: dict[str, dict[str, Any]]) -> Iterator[CondaStor
 
 
 @pytest.fixture
-def config_file(
-    tmp_path: Path, store_settings: dict[str, dict[str, Any]], conda_store: CondaStore
-) -> Path:
+def config_file(tmp_path: Path, store_settings: dict[str, dict[str, Any]], conda_store: CondaStore) -> Path:
     return write_config(tmp_path / "conda_store_config.py", store_settings)
 
 
@@ -168,9 +156,7 @@ def client(
     store_settings: dict[str, dict[str, Any]],
     server_settings: dict[str, Any],
 ) -> Iterator[TestClient]:
-    server = CondaStoreServer(
-        config=Config({**store_settings, "CondaStoreServer": server_settings})
-    )
+    server = CondaStoreServer(config=Config({**store_settings, "CondaStoreServer": server_settings}))
     app = server.create_app(conda_store)
     with TestClient(app) as test_client:
         yield test_client
@@ -205,6 +191,4 @@ def wait_for_build(
             return build
         time.sleep(0.2)
     logs = client.get(f"/api/v1/build/{build_id}/logs/").text
-    pytest.fail(
-        f"build {build_id} did not reach the expected state in {timeout} s: {build}\n{logs}"
-    )
+    pytest.fail(f"build {build_id} did not reach the expected state in {timeout} s: {build}\n{logs}")

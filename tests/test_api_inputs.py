@@ -49,9 +49,7 @@ def test_status_route(client) -> None:
         ("name: ok\ndependencies: [{pip: ['--foo bar']}]\n", "Invalid pip option"),
     ],
 )
-def test_bad_specifications_are_400_and_change_nothing(
-    client, conda_store, specification, message
-) -> None:
+def test_bad_specifications_are_400_and_change_nothing(client, conda_store, specification, message) -> None:
     login(client)
     before = counts(conda_store)
     response = post(client, specification=specification)
@@ -77,10 +75,7 @@ def test_policy_violations_name_what_to_change(client, conda_store) -> None:
     login(client)
     conda_store.conda_allowed_channels = ["conda-forge"]
     response = post(client, specification="name: ok\nchannels: [evil]\ndependencies: [curl]\n")
-    assert (
-        response.status_code == 400
-        and "https://conda.anaconda.org/evil" in response.json()["message"]
-    )
+    assert response.status_code == 400 and "https://conda.anaconda.org/evil" in response.json()["message"]
     conda_store.conda_allowed_channels = []
     conda_store.conda_required_packages = ["python"]
     response = post(client, specification="name: ok\ndependencies: [curl]\n")
@@ -126,9 +121,7 @@ def test_solver_failures_are_failed_builds_with_the_reason(client, worker) -> No
 
 def test_artifacts_need_read_permission(client, worker, conda_store) -> None:
     login(client)
-    build = wait_for_build(
-        client, submit(client, "name: secret\ndependencies: [libzlib]\n", "private")
-    )
+    build = wait_for_build(client, submit(client, "name: secret\ndependencies: [libzlib]\n", "private"))
     assert build["status"] == "COMPLETED"
     backend = client.app.state.authentication.authentication
     outsider = backend.encrypt_token(
@@ -141,17 +134,13 @@ def test_artifacts_need_read_permission(client, worker, conda_store) -> None:
     for route in ("", "logs/", "lockfile/", "yaml/", "conda-lock.yml"):
         url = f"/api/v1/build/{build['id']}/{route}"
         assert anonymous.get(url).status_code == 403, url
-        assert (
-            anonymous.get(url, headers={"Authorization": f"Bearer {outsider}"}).status_code == 403
-        )
+        assert anonymous.get(url, headers={"Authorization": f"Bearer {outsider}"}).status_code == 403
         assert anonymous.get(url, headers={"Authorization": f"Bearer {reader}"}).status_code == 200
     assert anonymous.get("/api/v1/environment/private/secret/lockfile/").status_code == 403
     as_reader = {"Authorization": f"Bearer {reader}"}
     assert anonymous.delete(f"/api/v1/build/{build['id']}/", headers=as_reader).status_code == 403
     assert anonymous.put(f"/api/v1/build/{build['id']}/", headers=as_reader).status_code == 403
-    forged = anonymous.get(
-        f"/api/v1/build/{build['id']}/", headers={"Authorization": "Bearer not-a-token"}
-    )
+    forged = anonymous.get(f"/api/v1/build/{build['id']}/", headers={"Authorization": "Bearer not-a-token"})
     assert forged.status_code == 403
 
 

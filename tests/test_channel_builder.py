@@ -76,13 +76,9 @@ def repodata(channel: Path, subdir: str) -> dict[str, dict]:
 
 
 def test_channel_indexes_every_package_in_its_subdir(channel: Path) -> None:
-    expected = {
-        ("noarch" if spec.noarch else host_subdir(), spec.filename) for spec in demo_packages()
-    }
+    expected = {("noarch" if spec.noarch else host_subdir(), spec.filename) for spec in demo_packages()}
     indexed = {
-        (subdir, filename)
-        for subdir in (host_subdir(), "noarch")
-        for filename in repodata(channel, subdir)
+        (subdir, filename) for subdir in (host_subdir(), "noarch") for filename in repodata(channel, subdir)
     }
     assert indexed == expected
 
@@ -208,9 +204,7 @@ def test_build_channel_from_a_thread_and_from_async_code(tmp_path: Path) -> None
     )
     with ThreadPoolExecutor(max_workers=1) as pool:
         pool.submit(build_channel, tmp_path / "threaded", [spec]).result()
-    assert repodata(tmp_path / "threaded", "noarch")["solo-2.0-0.conda"]["timestamp"] == (
-        1_700_000_000_000
-    )
+    assert repodata(tmp_path / "threaded", "noarch")["solo-2.0-0.conda"]["timestamp"] == (1_700_000_000_000)
     assert repodata(tmp_path / "threaded", host_subdir()) == {}
 
     async def from_async() -> None:

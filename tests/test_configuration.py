@@ -165,9 +165,7 @@ def test_conda_command_is_reported_once(caplog: pytest.LogCaptureFixture) -> Non
     assert "py-rattler" in caplog.text
 
 
-@pytest.mark.parametrize(
-    "command", ["conda_store_server.server.app", "conda_store_server.worker.app"]
-)
+@pytest.mark.parametrize("command", ["conda_store_server.server.app", "conda_store_server.worker.app"])
 def test_generate_config_lists_every_trait(command: str, tmp_path: Path) -> None:
     output = subprocess.run(
         [sys.executable, "-c", f"import {command} as m; m.main(['--generate-config', '-y'])"],

@@ -58,9 +58,7 @@ def test_lockfile_round_trip_gives_the_same_packages(client, worker) -> None:
 
 def test_conda_pack_archive_relocates(client, worker, tmp_path: Path) -> None:
     login(client)
-    build = wait_for_build(
-        client, submit(client, "name: packed\ndependencies: [hello-tool, hello-py]\n")
-    )
+    build = wait_for_build(client, submit(client, "name: packed\ndependencies: [hello-tool, hello-py]\n"))
     assert build["status"] == "COMPLETED"
     build = wait_for_build(client, build["id"], artifact_ready("CONDA_PACK"))
     archive = client.get(f"/api/v1/build/{build['id']}/archive/")
@@ -72,9 +70,7 @@ def test_conda_pack_archive_relocates(client, worker, tmp_path: Path) -> None:
     subprocess.run([str(target / "bin" / "conda-unpack")], check=True, capture_output=True)
     assert str(target) in (target / "etc" / "hello.conf").read_text()
     assert prefix_of(build) not in (target / "etc" / "hello.conf").read_text()
-    out = subprocess.run(
-        [str(target / "bin" / "hello-tool")], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([str(target / "bin" / "hello-tool")], capture_output=True, text=True, check=True)
     assert str(target) in out.stdout
     python = subprocess.run(
         [str(target / "bin" / "python"), "-c", "import hello_py, sys; print(sys.prefix)"],
@@ -100,13 +96,8 @@ def test_rollback_moves_the_environment_link(client, worker, conda_store) -> Non
     response = client.put("/api/v1/environment/alice/roll/", json={"build_id": first["id"]})
     assert response.status_code == 200, response.text
     assert os.path.realpath(link) == os.path.realpath(prefix_of(first))
-    assert (
-        client.get("/api/v1/environment/alice/roll/").json()["data"]["current_build_id"]
-        == first["id"]
-    )
-    out = subprocess.run(
-        [str(link / "bin" / "hello-py")], capture_output=True, text=True, check=True
-    )
+    assert client.get("/api/v1/environment/alice/roll/").json()["data"]["current_build_id"] == first["id"]
+    out = subprocess.run([str(link / "bin" / "hello-py")], capture_output=True, text=True, check=True)
     assert "1.0.0" in out.stdout
     assert calls == [("alice", "roll", first["id"])]
 
@@ -168,9 +159,7 @@ def test_delete_environment_and_namespace(client, worker, conda_store) -> None:
     logs = client.get(f"/api/v1/build/{build['id']}/logs/")
     assert logs.status_code == 200 and "COMPLETED" in logs.text  # LOGS kept by default
 
-    rebuilt = wait_for_build(
-        client, submit(client, "name: gone\ndependencies: [libzlib]\n", "team")
-    )
+    rebuilt = wait_for_build(client, submit(client, "name: gone\ndependencies: [libzlib]\n", "team"))
     assert rebuilt["status"] == "COMPLETED"
     assert client.delete("/api/v1/namespace/team/").status_code == 200
     assert client.get("/api/v1/environment/team/gone/").status_code == 404

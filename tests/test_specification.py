@@ -36,9 +36,7 @@ UI_CREATE_PAYLOAD = (
     "channels:\n  - conda-forge\ndependencies:\n  - hello-tool\nvariables: {}\n\n"
     "description: ''\nname: acc-ui\nprefix: null"
 )
-PIP_HINT = (
-    "ensure it follows peps https://peps.python.org/pep-0508/ and https://peps.python.org/pep-0440/"
-)
+PIP_HINT = "ensure it follows peps https://peps.python.org/pep-0508/ and https://peps.python.org/pep-0440/"
 
 
 def spec_text(**fields: object) -> str:
@@ -195,9 +193,7 @@ def test_invalid_yaml_reports_line_and_column() -> None:
 
 def test_invalid_yaml_tabs_and_tags() -> None:
     assert error_of("name: e\n\t- x\n").startswith("Unable to parse. Invalid YAML: ")
-    assert error_of("name: !!python/object:os.system x\n").startswith(
-        "Unable to parse. Invalid YAML: "
-    )
+    assert error_of("name: !!python/object:os.system x\n").startswith("Unable to parse. Invalid YAML: ")
 
 
 def test_deeply_nested_document_is_a_clean_error() -> None:
@@ -211,13 +207,11 @@ def test_deeply_nested_document_is_a_clean_error() -> None:
         ("", "The specification is empty: expected a YAML mapping of keys to values"),
         (
             "- numpy\n",
-            "The specification must be a YAML mapping of keys to values (such as 'name: ...'),"
-            " not a list",
+            "The specification must be a YAML mapping of keys to values (such as 'name: ...'), not a list",
         ),
         (
             "just text",
-            "The specification must be a YAML mapping of keys to values (such as 'name: ...'),"
-            " not a string",
+            "The specification must be a YAML mapping of keys to values (such as 'name: ...'), not a string",
         ),
     ],
 )
@@ -237,9 +231,7 @@ def test_missing_name_uses_upstream_line_format() -> None:
 
 
 def test_wrong_type_is_reported() -> None:
-    assert (
-        error_of("name: 123") == "Input should be a valid string (type=string_type, loc=('name',))"
-    )
+    assert error_of("name: 123") == "Input should be a valid string (type=string_type, loc=('name',))"
 
 
 @pytest.mark.parametrize(
@@ -473,8 +465,7 @@ def test_lockfile_bad_manager_is_a_clean_error() -> None:
     data["package"][0]["manager"] = "npm"
     del data["package"][1]["manager"]
     assert lockfile_error_of(data).split("\n") == [
-        "Input should be 'conda' or 'pip' "
-        "(type=literal_error, loc=('lockfile', 'package', 0, 'manager'))",
+        "Input should be 'conda' or 'pip' (type=literal_error, loc=('lockfile', 'package', 0, 'manager'))",
         "Field required (type=missing, loc=('lockfile', 'package', 1, 'manager'))",
     ]
 
@@ -604,17 +595,13 @@ def test_conda_default_packages_only_when_dependencies_are_empty() -> None:
 
 
 def test_pypi_defaults_count_as_dependencies_for_conda_defaults() -> None:
-    policy = SpecificationPolicy(
-        pypi_default_packages=("flask",), conda_default_packages=("python",)
-    )
+    policy = SpecificationPolicy(pypi_default_packages=("flask",), conda_default_packages=("python",))
     spec = apply_policy(parse_specification("name: e"), policy)
     assert spec.model_dump()["dependencies"] == [{"pip": ["flask"]}]
 
 
 def test_conda_included_packages_are_appended_by_name() -> None:
-    policy = SpecificationPolicy(
-        conda_included_packages=("ipykernel", "conda-forge::python>=3.10", "NumPy")
-    )
+    policy = SpecificationPolicy(conda_included_packages=("ipykernel", "conda-forge::python>=3.10", "NumPy"))
     spec = parse_specification("name: e\ndependencies: [numpy=1.26, Python]")
     assert apply_policy(spec, policy).dependencies == ["numpy=1.26", "Python", "ipykernel"]
 
@@ -625,8 +612,7 @@ def test_conda_required_packages_name_what_is_missing() -> None:
     with pytest.raises(SpecificationError) as info:
         apply_policy(spec, policy)
     assert info.value.message == (
-        "Conda packages ['python>=3.10', 'ipykernel'] are required and missing from the "
-        "specification"
+        "Conda packages ['python>=3.10', 'ipykernel'] are required and missing from the specification"
     )
     ok = parse_specification("name: e\ndependencies: [conda-forge::Python=3.12, ipykernel, numpy]")
     assert apply_policy(ok, policy).dependencies == ok.dependencies
@@ -696,12 +682,9 @@ def test_pypi_required_packages_name_what_is_missing() -> None:
     with pytest.raises(SpecificationError) as info:
         apply_policy(spec, policy)
     assert info.value.message == (
-        "PyPI packages ['Flask>=2', '--trusted-host p'] are required and missing from the "
-        "specification"
+        "PyPI packages ['Flask>=2', '--trusted-host p'] are required and missing from the specification"
     )
-    ok = parse_specification(
-        spec_text(dependencies=[{"pip": ["flask", "attrs", "--trusted-host p"]}])
-    )
+    ok = parse_specification(spec_text(dependencies=[{"pip": ["flask", "attrs", "--trusted-host p"]}]))
     assert apply_policy(ok, policy).pip_dependencies() == ["flask", "attrs", "--trusted-host p"]
 
 

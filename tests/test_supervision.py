@@ -82,9 +82,7 @@ def test_cancel_a_queued_build_means_it_never_runs(client, config_file, tmp_path
         worker.stop()
 
 
-def test_worker_killed_mid_build_is_recovered_by_the_next_worker(
-    client, config_file, tmp_path
-) -> None:
+def test_worker_killed_mid_build_is_recovered_by_the_next_worker(client, config_file, tmp_path) -> None:
     login(client)
     first = WorkerProcess(config_file, tmp_path / "first.log").start()
     build_id = submit(client, SPEC)

@@ -56,8 +56,7 @@ def build_key(identity: BuildIdentity) -> str:
         )
     if identity.version == 3:
         material = (
-            f"{identity.namespace}{identity.specification_sha256}"
-            f"{identity.scheduled_on_epoch}{identity.id}"
+            f"{identity.namespace}{identity.specification_sha256}{identity.scheduled_on_epoch}{identity.id}"
         )
         return hashlib.sha256(material.encode()).hexdigest()[:32]
     raise ValueError(f"unknown build key version {identity.version}")
@@ -75,8 +74,9 @@ def build_id_from_key(key: str) -> int | None:
         return None
 
 
-def build_path(identity: BuildIdentity, store_directory: str, build_directory: str,
-               environment_name: str) -> str:
+def build_path(
+    identity: BuildIdentity, store_directory: str, build_directory: str, environment_name: str
+) -> str:
     """Absolute prefix of the build; refuses paths conda packages cannot be relocated into."""
     namespace = "" if identity.version == 3 else identity.namespace
     parent = build_directory.format(
@@ -92,11 +92,14 @@ def build_path(identity: BuildIdentity, store_directory: str, build_directory: s
     return path
 
 
-def environment_path(identity: BuildIdentity, store_directory: str, environment_directory: str,
-                     environment_name: str) -> str:
-    return os.path.abspath(environment_directory.format(
-        store_directory=store_directory, namespace=identity.namespace, name=environment_name
-    ))
+def environment_path(
+    identity: BuildIdentity, store_directory: str, environment_directory: str, environment_name: str
+) -> str:
+    return os.path.abspath(
+        environment_directory.format(
+            store_directory=store_directory, namespace=identity.namespace, name=environment_name
+        )
+    )
 
 
 def artifact_key(kind: str, key: str) -> str:

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import rattler
-from conda_store_server.conda_lock_models import HashModel, LockedDependency, Lockfile, LockMeta
 
+from conda_store_server.conda_lock_models import HashModel, LockedDependency, Lockfile, LockMeta
 from conda_store_server.exception import BuildFailure
 
 
@@ -21,7 +21,7 @@ def _dependencies(depends: list[str]) -> dict[str, str]:
     result: dict[str, str] = {}
     for depend in depends:
         name = rattler.MatchSpec(depend).name.normalized
-        constraint = depend.strip()[len(name):].strip()
+        constraint = depend.strip()[len(name) :].strip()
         result[name] = constraint or "*"
     return result
 
@@ -84,6 +84,7 @@ def from_conda_lock(lock: dict[str, Any]) -> dict[str, list[rattler.RepoDataReco
 def pip_packages(lock: dict[str, Any], platform: str) -> list[dict[str, Any]]:
     """The `manager: pip` entries of a lockfile for one platform."""
     return [
-        package for package in lock.get("package", [])
+        package
+        for package in lock.get("package", [])
         if package.get("manager") == "pip" and package.get("platform") == platform
     ]

@@ -75,8 +75,10 @@ def run_build(conda_store: CondaStore, build_id: int) -> BuildStatus:
             return BuildStatus.FAILED
 
     started = time.monotonic()
-    log.write(f"starting build {build_id} of conda environment {plan.namespace}/"
-              f"{plan.environment_name} at {utcnow().isoformat()} UTC")
+    log.write(
+        f"starting build {build_id} of conda environment {plan.namespace}/"
+        f"{plan.environment_name} at {utcnow().isoformat()} UTC"
+    )
     try:
         _build(conda_store, plan, log)
     except BuildFailure as failure:
@@ -113,8 +115,12 @@ def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
     host = str(rattler.Subdir.current())
     lock, channels = _lock(conda_store, plan, log)
     _store_artifact(
-        conda_store, plan.build_id, BuildArtifactType.LOCKFILE,
-        artifact_key("lockfile", plan.key), json.dumps(lock, indent=4).encode(), "application/json",
+        conda_store,
+        plan.build_id,
+        BuildArtifactType.LOCKFILE,
+        artifact_key("lockfile", plan.key),
+        json.dumps(lock, indent=4).encode(),
+        "application/json",
     )
     records_by_platform = lockfile.from_conda_lock(lock)
     if host not in records_by_platform:
@@ -137,12 +143,12 @@ def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
     pip = lockfile.pip_packages(lock, host)
     if pip:
         raise BuildFailure(
-            "pip dependencies are not supported yet; remove the `pip:` section from the "
-            "specification"
+            "pip dependencies are not supported yet; remove the `pip:` section from the specification"
         )
 
-    apply_ownership(plan.prefix, plan.settings.default_uid, plan.settings.default_gid,
-                    plan.settings.default_permissions)
+    apply_ownership(
+        plan.prefix, plan.settings.default_uid, plan.settings.default_gid, plan.settings.default_permissions
+    )
     size = _directory_size(plan.prefix)
     with conda_store.session() as session:
         _record_packages(session, plan.build_id, plan.prefix, records)
@@ -153,14 +159,16 @@ def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
 def _lock(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> tuple[dict[str, Any], list[str]]:
     if plan.is_lockfile:
         lock = {**plan.spec["lockfile"], "version": 1}
-        channels = [c["url"] if isinstance(c, dict) else c
-                    for c in lock.get("metadata", {}).get("channels", [])]
+        channels = [
+            c["url"] if isinstance(c, dict) else c for c in lock.get("metadata", {}).get("channels", [])
+        ]
         log.write("using the submitted lockfile; no solve needed")
         return lock, channels
 
     pip_requirements = [
         requirement
-        for dependency in plan.spec.get("dependencies", []) if isinstance(dependency, dict)
+        for dependency in plan.spec.get("dependencies", [])
+        if isinstance(dependency, dict)
         for requirement in dependency.get("pip", [])
     ]
     if pip_requirements:
@@ -169,33 +177,47 @@ def _lock(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> tuple[dict
             "section from the specification"
         )
     settings = plan.settings
-    channels = [normalize_channel(c, settings.conda_channel_alias)
-                for c in plan.spec.get("channels") or settings.conda_default_channels]
+    channels = [
+        normalize_channel(c, settings.conda_channel_alias)
+        for c in plan.spec.get("channels") or settings.conda_default_channels
+    ]
     specs = [d for d in plan.spec.get("dependencies", []) if isinstance(d, str)]
     log.write(f"solving {specs} from {channels} for {settings.conda_solve_platforms}")
     started = time.monotonic()
-    records_by_platform = asyncio.run(solve.solve(
-        channels, specs, settings.conda_solve_platforms,
-        conda_store.repodata_cache_directory, settings.conda_max_solve_time,
-    ))
+    records_by_platform = asyncio.run(
+        solve.solve(
+            channels,
+            specs,
+            settings.conda_solve_platforms,
+            conda_store.repodata_cache_directory,
+            settings.conda_max_solve_time,
+        )
+    )
     log.write(f"solved in {time.monotonic() - started:.2f} s")
     return lockfile.to_conda_lock(records_by_platform, channels, plan.specification_sha256), channels
 
 
 def _store_artifact(
-    conda_store: CondaStore, build_id: int, artifact_type: BuildArtifactType,
-    key: str, content: bytes, content_type: str,
+    conda_store: CondaStore,
+    build_id: int,
+    artifact_type: BuildArtifactType,
+    key: str,
+    content: bytes,
+    content_type: str,
 ) -> None:
     conda_store.storage.set(key, content, content_type)
     _add_artifact_row(conda_store, build_id, artifact_type, key)
 
 
-def _add_artifact_row(conda_store: CondaStore, build_id: int, artifact_type: BuildArtifactType,
-                      key: str) -> None:
+def _add_artifact_row(
+    conda_store: CondaStore, build_id: int, artifact_type: BuildArtifactType, key: str
+) -> None:
     with conda_store.session() as session:
-        exists = session.scalar(select(BuildArtifact.id).where(
-            BuildArtifact.build_id == build_id, BuildArtifact.artifact_type == artifact_type
-        ))
+        exists = session.scalar(
+            select(BuildArtifact.id).where(
+                BuildArtifact.build_id == build_id, BuildArtifact.artifact_type == artifact_type
+            )
+        )
         if exists is None:
             session.add(BuildArtifact(build_id=build_id, artifact_type=artifact_type, key=key))
 
@@ -242,8 +264,9 @@ def _get_or_create(session: Session, model: type, lookup: dict[str, Any], **valu
     return row
 
 
-def _record_packages(session: Session, build_id: int, prefix: str,
-                     records: list[rattler.RepoDataRecord]) -> None:
+def _record_packages(
+    session: Session, build_id: int, prefix: str, records: list[rattler.RepoDataRecord]
+) -> None:
     build = session.get(Build, build_id)
     assert build is not None
     package_builds = []
@@ -251,26 +274,33 @@ def _record_packages(session: Session, build_id: int, prefix: str,
         about = _about(prefix, record)
         channel = _get_or_create(session, CondaChannel, {"name": _channel_of(record)})
         package = _get_or_create(
-            session, CondaPackage,
+            session,
+            CondaPackage,
             {"channel_id": channel.id, "name": record.name.normalized, "version": str(record.version)},
             license=record.license or about.get("license"),
             license_family=record.license_family,
             summary=about.get("summary"),
             description=about.get("description"),
         )
-        package_builds.append(_get_or_create(
-            session, CondaPackageBuild,
-            {
-                "channel_id": channel.id, "package_id": package.id, "subdir": record.subdir,
-                "build": str(record.build), "build_number": record.build_number,
-                "sha256": record.sha256.hex() if record.sha256 else "",
-            },
-            depends=list(record.depends),
-            constrains=list(record.constrains),
-            md5=record.md5.hex() if record.md5 else "",
-            size=record.size or 0,
-            timestamp=int(record.timestamp.timestamp() * 1000) if record.timestamp else None,
-        ))
+        package_builds.append(
+            _get_or_create(
+                session,
+                CondaPackageBuild,
+                {
+                    "channel_id": channel.id,
+                    "package_id": package.id,
+                    "subdir": record.subdir,
+                    "build": str(record.build),
+                    "build_number": record.build_number,
+                    "sha256": record.sha256.hex() if record.sha256 else "",
+                },
+                depends=list(record.depends),
+                constrains=list(record.constrains),
+                md5=record.md5.hex() if record.md5 else "",
+                size=record.size or 0,
+                timestamp=int(record.timestamp.timestamp() * 1000) if record.timestamp else None,
+            )
+        )
     build.package_builds = package_builds
 
 
@@ -285,8 +315,9 @@ def _complete(conda_store: CondaStore, plan: BuildPlan, size: int, log: BuildLog
         )
         if not result.rowcount:
             raise BuildFailure("the build was canceled or recovered while it ran")
-        session.add(BuildArtifact(build_id=plan.build_id, artifact_type=BuildArtifactType.DIRECTORY,
-                                  key=plan.prefix))
+        session.add(
+            BuildArtifact(build_id=plan.build_id, artifact_type=BuildArtifactType.DIRECTORY, key=plan.prefix)
+        )
         build = get_build(session, plan.build_id)
         environment: Environment = build.environment
         if environment.deleted_on is None and build.deleted_on is None:
@@ -303,8 +334,14 @@ def _make_artifacts(conda_store: CondaStore, plan: BuildPlan, channels: list[str
     wanted = plan.settings.build_artifacts
     if "YAML" in wanted:
         content = artifacts.export_yaml(plan.environment_name, plan.prefix, channels, [])
-        _store_artifact(conda_store, plan.build_id, BuildArtifactType.YAML,
-                        artifact_key("yaml", plan.key), content.encode(), "text/yaml")
+        _store_artifact(
+            conda_store,
+            plan.build_id,
+            BuildArtifactType.YAML,
+            artifact_key("yaml", plan.key),
+            content.encode(),
+            "text/yaml",
+        )
         log.write("YAML export stored")
     if "CONDA_PACK" in wanted:
         started = time.monotonic()
@@ -312,8 +349,9 @@ def _make_artifacts(conda_store: CondaStore, plan: BuildPlan, channels: list[str
             with artifacts.temporary_directory(conda_store.store_directory) as scratch:
                 archive = artifacts.conda_pack_archive(plan.prefix, scratch)
                 conda_store.storage.fset(artifact_key("archive", plan.key), archive, "application/gzip")
-            _add_artifact_row(conda_store, plan.build_id, BuildArtifactType.CONDA_PACK,
-                              artifact_key("archive", plan.key))
+            _add_artifact_row(
+                conda_store, plan.build_id, BuildArtifactType.CONDA_PACK, artifact_key("archive", plan.key)
+            )
             log.write(f"conda-pack archive stored in {time.monotonic() - started:.2f} s")
         except Exception as error:
             log.write(f"conda-pack archive failed: {error}")

@@ -150,9 +150,7 @@ class Solve(Base):
     ended_on: Mapped[datetime.datetime | None] = mapped_column(DateTime)
 
     specification: Mapped[Specification] = relationship()
-    package_builds: Mapped[list[CondaPackageBuild]] = relationship(
-        secondary=solve_conda_package_build
-    )
+    package_builds: Mapped[list[CondaPackageBuild]] = relationship(secondary=solve_conda_package_build)
 
 
 class Build(Base):
@@ -179,15 +177,11 @@ class Build(Base):
     cancel_requested_on: Mapped[datetime.datetime | None] = mapped_column(DateTime)
 
     specification: Mapped[Specification] = relationship()
-    environment: Mapped[Environment] = relationship(
-        back_populates="builds", foreign_keys=[environment_id]
-    )
+    environment: Mapped[Environment] = relationship(back_populates="builds", foreign_keys=[environment_id])
     build_artifacts: Mapped[list[BuildArtifact]] = relationship(
         back_populates="build", cascade="all, delete-orphan", order_by="BuildArtifact.id"
     )
-    package_builds: Mapped[list[CondaPackageBuild]] = relationship(
-        secondary=build_conda_package_build
-    )
+    package_builds: Mapped[list[CondaPackageBuild]] = relationship(secondary=build_conda_package_build)
 
 
 class BuildArtifact(Base):
@@ -217,9 +211,7 @@ class Environment(Base):
     description: Mapped[str | None] = mapped_column(UnicodeText)
 
     namespace: Mapped[Namespace] = relationship(back_populates="environments")
-    current_build: Mapped[Build | None] = relationship(
-        foreign_keys=[current_build_id], post_update=True
-    )
+    current_build: Mapped[Build | None] = relationship(foreign_keys=[current_build_id], post_update=True)
     builds: Mapped[list[Build]] = relationship(
         back_populates="environment",
         foreign_keys=[Build.environment_id],

@@ -73,9 +73,7 @@ class CondaStoreServer(BaseApplication):
         config=True,
         help="host:port under which the registry is reached by users (no scheme).",
     )
-    url_prefix = Unicode(
-        "/", config=True, help="Path prefix of every route except /v2, e.g. /conda-store."
-    )
+    url_prefix = Unicode("/", config=True, help="Path prefix of every route except /v2, e.g. /conda-store.")
     authentication_class = Type(
         auth.DummyAuthentication,
         klass=auth.Authentication,
@@ -86,9 +84,7 @@ class CondaStoreServer(BaseApplication):
         config=True,
         help="Secret for sessions; defaults to AuthenticationBackend.secret.",
     )
-    max_page_size = Integer(
-        100, config=True, help="Largest number of items in one page of a list response."
-    )
+    max_page_size = Integer(100, config=True, help="Largest number of items in one page of a list response.")
     behind_proxy = Bool(
         False,
         config=True,
@@ -252,13 +248,7 @@ def create_app(
 
     @app.exception_handler(CondaStoreError)
     async def domain_error(_request: Request, error: CondaStoreError) -> JSONResponse:
-        status = (
-            404
-            if isinstance(error, NotFoundError)
-            else 409
-            if isinstance(error, ConflictError)
-            else 400
-        )
+        status = 404 if isinstance(error, NotFoundError) else 409 if isinstance(error, ConflictError) else 400
         return _error(status, error.message)
 
     @app.exception_handler(RequestValidationError)
@@ -270,9 +260,7 @@ def create_app(
 
     @app.get(f"{prefix}/login/", response_class=HTMLResponse)
     def login_page(next: str | None = None) -> HTMLResponse:
-        return HTMLResponse(
-            Template(authentication.login_html).render(next=next, **server.template_vars)
-        )
+        return HTMLResponse(Template(authentication.login_html).render(next=next, **server.template_vars))
 
     @app.post(f"{prefix}/login/")
     def login(body: Login, request: Request, next: str | None = None) -> JSONResponse:
@@ -297,9 +285,7 @@ def create_app(
     @app.post(f"{prefix}/logout/")
     def logout(next: str | None = None) -> RedirectResponse:
         response = RedirectResponse(next or f"{prefix}/", status_code=303)
-        response.delete_cookie(
-            authentication.cookie_name, domain=authentication.cookie_domain, path="/"
-        )
+        response.delete_cookie(authentication.cookie_name, domain=authentication.cookie_domain, path="/")
         return response
 
     for path, method, function in server.additional_routes:
@@ -325,12 +311,7 @@ def _jsonable_errors(errors: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
-    app = CondaStoreServer()
-    app.initialize(argv)
-    if app.generate_config:
-        app.write_generated_config()
-        return
-    app.start()
+    CondaStoreServer.main(argv)
 
 
 __all__ = ["CondaStoreServer", "Config", "create_app", "main"]

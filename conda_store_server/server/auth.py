@@ -159,8 +159,7 @@ def _token_from_claims(claims: dict[str, Any]) -> AuthenticationToken | None:
         token = AuthenticationToken(
             primary_namespace=str(claims.get("primary_namespace", "default")),
             role_bindings={
-                str(k): [str(r) for r in v]
-                for k, v in dict(claims.get("role_bindings") or {}).items()
+                str(k): [str(r) for r in v] for k, v in dict(claims.get("role_bindings") or {}).items()
             },
         )
         if isinstance(exp, int | float):
@@ -193,13 +192,9 @@ def load_or_create_secret(path: str) -> str:
 
 class AuthorizationBackend(LoggingConfigurable):
     role_mappings = Dict(
-        {
-            role: {p.value for p in permissions}
-            for role, permissions in DEFAULT_ROLE_MAPPINGS.items()
-        },
+        {role: {p.value for p in permissions} for role, permissions in DEFAULT_ROLE_MAPPINGS.items()},
         config=True,
-        help="Role name -> set of permission strings. Defaults: viewer, editor (alias developer), "
-        "admin.",
+        help="Role name -> set of permission strings. Defaults: viewer, editor (alias developer), admin.",
     )
     unauthenticated_role_bindings = Dict(
         {"default/*": {"viewer"}},
@@ -218,10 +213,7 @@ class AuthorizationBackend(LoggingConfigurable):
             names = ("editor", "developer") if normalize_role(role) == "developer" else (role,)
             for name in names:
                 if name in self.role_mappings:
-                    result |= {
-                        p.value if isinstance(p, Permissions) else p
-                        for p in self.role_mappings[name]
-                    }
+                    result |= {p.value if isinstance(p, Permissions) else p for p in self.role_mappings[name]}
                     break
         return result
 

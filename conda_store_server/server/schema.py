@@ -30,9 +30,7 @@ class Namespace(BaseModel):
             id=namespace.id,
             name=namespace.name,
             metadata_=namespace.metadata_,
-            role_mappings=[
-                {"id": m.id, "entity": m.entity, "role": m.role} for m in namespace.role_mappings
-            ],
+            role_mappings=[{"id": m.id, "entity": m.entity, "role": m.role} for m in namespace.role_mappings],
         )
 
 

@@ -53,9 +53,7 @@ def build_channel(channel_dir: Path, packages: Iterable[PackageSpec]) -> Path:
     a running event loop (async code) it raises ``RuntimeError``: await ``build_channel_async``.
     """
     if _event_loop_running():
-        raise RuntimeError(
-            "build_channel() cannot run inside an event loop: use build_channel_async"
-        )
+        raise RuntimeError("build_channel() cannot run inside an event loop: use build_channel_async")
     return asyncio.run(build_channel_async(channel_dir, packages))
 
 
@@ -109,9 +107,7 @@ def python_package(version: str | None = None) -> PackageSpec:
     major_minor = ".".join(version.split(".")[:2])
     script = _python_wrapper(host, f"python{major_minor}")
     scripts = {f"bin/{name}": script for name in ("python", "python3", f"python{major_minor}")}
-    pyvenv_cfg = (
-        f"home = {host.parent}\ninclude-system-site-packages = false\nversion = {version}\n"
-    )
+    pyvenv_cfg = f"home = {host.parent}\ninclude-system-site-packages = false\nversion = {version}\n"
     readme = "Packages for this environment's Python are installed here.\n"
     return PackageSpec(
         name="python",

@@ -74,12 +74,7 @@ class CondaStoreWorker(BaseApplication):
 
 
 def main(argv: list[str] | None = None) -> None:
-    app = CondaStoreWorker()
-    app.initialize(argv)
-    if app.generate_config:
-        app.write_generated_config()
-        return
-    app.start()
+    CondaStoreWorker.main(argv)
 
 
 if __name__ == "__main__":

@@ -164,10 +164,7 @@ class Supervisor:
                     f"the build exceeded CondaStore.build_timeout ({limit} s) and was stopped",
                 )
                 _kill(running)
-            elif (
-                running.kill_sent_at
-                and time.monotonic() - running.kill_sent_at > KILL_GRACE_SECONDS
-            ):
+            elif running.kill_sent_at and time.monotonic() - running.kill_sent_at > KILL_GRACE_SECONDS:
                 _kill(running, signal.SIGKILL)
 
     def _check_requests(self) -> None:
@@ -209,16 +206,10 @@ class Supervisor:
             ).rowcount
             build = get_build(session, running.build_id)
             if changed:
-                _append_log(
-                    self.conda_store, build, f"build {build.id} marked {status.value}: {reason}"
-                )
+                _append_log(self.conda_store, build, f"build {build.id} marked {status.value}: {reason}")
             if build.deleted_on is not None:
-                purge_build_files(
-                    self.conda_store, build, kept_artifacts(session, self.conda_store)
-                )
-        log.info(
-            "build %s ended: %s", running.build_id, status.value if changed else "settled by child"
-        )
+                purge_build_files(self.conda_store, build, kept_artifacts(session, self.conda_store))
+        log.info("build %s ended: %s", running.build_id, status.value if changed else "settled by child")
 
 
 def _worker_is_dead(worker_id: str | None) -> bool:
@@ -236,9 +227,7 @@ def _worker_is_dead(worker_id: str | None) -> bool:
     return False
 
 
-def recover_stale_builds(
-    conda_store: CondaStore, stale_after: float = STALE_AFTER_SECONDS
-) -> list[int]:
+def recover_stale_builds(conda_store: CondaStore, stale_after: float = STALE_AFTER_SECONDS) -> list[int]:
     """Mark FAILED the BUILDING builds whose worker is gone.
 
     A worker is gone when its heartbeat stopped, or at once when it ran on this machine and its
@@ -251,8 +240,7 @@ def recover_stale_builds(
         stale = [
             build
             for build in building
-            if (build.heartbeat_on or build.started_on or cutoff) < cutoff
-            or _worker_is_dead(build.worker_id)
+            if (build.heartbeat_on or build.started_on or cutoff) < cutoff or _worker_is_dead(build.worker_id)
         ]
         for build in stale:
             reason = (

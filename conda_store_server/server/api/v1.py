@@ -65,13 +65,10 @@ def api_permission(caller: Caller = CallerDependency) -> dict[str, Any]:
             "authenticated": caller.authenticated,
             "primary_namespace": caller.primary_namespace,
             "entity_permissions": {
-                arn: sorted(authorization.permissions_of_roles(roles))
-                for arn, roles in bindings.items()
+                arn: sorted(authorization.permissions_of_roles(roles)) for arn, roles in bindings.items()
             },
             "entity_roles": {arn: sorted(roles) for arn, roles in bindings.items()},
-            "expiration": caller.entity.exp.strftime("%Y-%m-%dT%H:%M:%SZ")
-            if caller.entity
-            else None,
+            "expiration": caller.entity.exp.strftime("%Y-%m-%dT%H:%M:%SZ") if caller.entity else None,
         }
     )
 
@@ -189,9 +186,7 @@ def api_environment_lockfile(
 
 
 # ------------------------------------------------------------------------------ builds
-def _readable_build(
-    session: Session, caller: Caller, build_id: int, *permissions: Permissions
-) -> Any:
+def _readable_build(session: Session, caller: Caller, build_id: int, *permissions: Permissions) -> Any:
     """Builds are looked up first (404), then authorized on their environment (as upstream)."""
     build = service.get_build(session, build_id)
     caller.require(environment_arn(build), *(permissions or (Permissions.ENVIRONMENT_READ,)))
@@ -257,43 +252,29 @@ def _artifact_response(
     return FileResponse(path, media_type=media_type, filename=path.name)
 
 
-@router.get("/build/{build_id}/logs/")
-def api_build_logs(
-    build_id: int,
-    caller: Caller = CallerDependency,
-    session: Session = SessionDependency,
-    conda_store: CondaStore = StoreDependency,
-) -> Response:
-    return _artifact_response(session, caller, conda_store, build_id, "logs")
+ARTIFACT_PATHS: dict[str, tuple[str, ...]] = {
+    "logs": ("logs/",),
+    "yaml": ("yaml/",),
+    "lockfile": ("lockfile/", "conda-lock.yml", "conda-lock.yaml"),
+    "archive": ("archive/",),
+}
 
 
-@router.get("/build/{build_id}/yaml/")
-def api_build_yaml(
-    build_id: int,
-    caller: Caller = CallerDependency,
-    session: Session = SessionDependency,
-    conda_store: CondaStore = StoreDependency,
-) -> Response:
-    return _artifact_response(session, caller, conda_store, build_id, "yaml")
+def _artifact_route(kind: str) -> Any:
+    def route(
+        build_id: int,
+        caller: Caller = CallerDependency,
+        session: Session = SessionDependency,
+        conda_store: CondaStore = StoreDependency,
+    ) -> Response:
+        return _artifact_response(session, caller, conda_store, build_id, kind)
+
+    route.__name__ = f"api_build_{kind}"
+    return route
 
 
-@router.get("/build/{build_id}/lockfile/")
-@router.get("/build/{build_id}/conda-lock.yml")
-@router.get("/build/{build_id}/conda-lock.yaml")
-def api_build_lockfile(
-    build_id: int,
-    caller: Caller = CallerDependency,
-    session: Session = SessionDependency,
-    conda_store: CondaStore = StoreDependency,
-) -> Response:
-    return _artifact_response(session, caller, conda_store, build_id, "lockfile")
-
-
-@router.get("/build/{build_id}/archive/")
-def api_build_archive(
-    build_id: int,
-    caller: Caller = CallerDependency,
-    session: Session = SessionDependency,
-    conda_store: CondaStore = StoreDependency,
-) -> Response:
-    return _artifact_response(session, caller, conda_store, build_id, "archive")
+for _kind, _paths in ARTIFACT_PATHS.items():
+    for _path in _paths:
+        router.add_api_route(
+            f"/build/{{build_id}}/{_path}", _artifact_route(_kind), methods=["GET"], response_class=Response
+        )

@@ -84,9 +84,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("channel_id", "name", "version"),
     )
-    op.create_index(
-        op.f("ix_conda_package_channel_id"), "conda_package", ["channel_id"], unique=False
-    )
+    op.create_index(op.f("ix_conda_package_channel_id"), "conda_package", ["channel_id"], unique=False)
     op.create_index(op.f("ix_conda_package_name"), "conda_package", ["name"], unique=False)
     op.create_index(op.f("ix_conda_package_version"), "conda_package", ["version"], unique=False)
     op.create_table(
@@ -206,13 +204,9 @@ def upgrade() -> None:
             ["conda_package.id"],
         ),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint(
-            "channel_id", "package_id", "subdir", "build", "build_number", "sha256"
-        ),
+        sa.UniqueConstraint("channel_id", "package_id", "subdir", "build", "build_number", "sha256"),
     )
-    op.create_index(
-        op.f("ix_conda_package_build_build"), "conda_package_build", ["build"], unique=False
-    )
+    op.create_index(op.f("ix_conda_package_build_build"), "conda_package_build", ["build"], unique=False)
     op.create_table(
         "build_artifact",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -245,18 +239,14 @@ def upgrade() -> None:
         sa.Column("build_id", sa.Integer(), nullable=False),
         sa.Column("conda_package_build_id", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(["build_id"], ["build.id"], ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(
-            ["conda_package_build_id"], ["conda_package_build.id"], ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["conda_package_build_id"], ["conda_package_build.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("build_id", "conda_package_build_id"),
     )
     op.create_table(
         "solve_conda_package_build",
         sa.Column("solve_id", sa.Integer(), nullable=False),
         sa.Column("conda_package_build_id", sa.Integer(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["conda_package_build_id"], ["conda_package_build.id"], ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["conda_package_build_id"], ["conda_package_build.id"], ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["solve_id"], ["solve.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("solve_id", "conda_package_build_id"),
     )

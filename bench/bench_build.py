@@ -59,10 +59,10 @@ REPO_ROOT = SCRIPT.parent.parent
 # The channel
 # ---------------------------------------------------------------------------------------------
 
-N_CLOSURE = 100          # packages in the closure of the top-level specs (python included)
-N_TOP = 5                # top-level packages the specification asks for
-N_OLD_VERSIONS = 15      # older versions the solver has to skip
-N_UNRELATED = 5          # packages nobody depends on
+N_CLOSURE = 100  # packages in the closure of the top-level specs (python included)
+N_TOP = 5  # top-level packages the specification asks for
+N_OLD_VERSIONS = 15  # older versions the solver has to skip
+N_UNRELATED = 5  # packages nobody depends on
 NOARCH_PYTHON_SHARE = 0.35
 WORDS = (
     "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho "
@@ -75,7 +75,7 @@ WORDS = (
 
 def _text(rng: random.Random, size: int) -> str:
     words = rng.choices(WORDS, k=max(1, size // 6))
-    lines = [" ".join(words[i:i + 12]) for i in range(0, len(words), 12)]
+    lines = [" ".join(words[i : i + 12]) for i in range(0, len(words), 12)]
     return "\n".join(lines)[:size] + "\n"
 
 
@@ -91,8 +91,10 @@ def channel_packages(seed: int, target_mb: float) -> tuple[list[Any], list[str]]
 
     rng = random.Random(seed)
     python = python_package()
-    names = [f"bench-{kind}{i:03d}" for i, kind in
-             enumerate(rng.choice(("lib", "tool", "data")) for _ in range(N_CLOSURE - 1))]
+    names = [
+        f"bench-{kind}{i:03d}"
+        for i, kind in enumerate(rng.choice(("lib", "tool", "data")) for _ in range(N_CLOSURE - 1))
+    ]
     noarch_python = {name for name in names[10:] if rng.random() < NOARCH_PYTHON_SHARE}
     # dependency DAG over names (lower index = lower in the stack); every non-top package has a
     # dependent, so the closure of the top N_TOP packages is all of them
@@ -103,28 +105,37 @@ def channel_packages(seed: int, target_mb: float) -> tuple[list[Any], list[str]]
                 depends[name].add(names[j])
     # every package below the top ones gets a dependent, so all are in the closure
     for i, name in enumerate(names[:-N_TOP]):
-        if not any(name in depends[other] for other in names[i + 1:]):
+        if not any(name in depends[other] for other in names[i + 1 :]):
             depends[names[rng.randint(i + 1, len(names) - 1)]].add(name)
 
     versions = {name: f"{rng.randint(1, 9)}.{rng.randint(0, 30)}.{rng.randint(0, 9)}" for name in names}
     budget = target_mb * 1e6
     # long-tailed package sizes, like a real environment (a few big ones, many small ones)
     shares = [rng.paretovariate(1.1) for _ in names]
-    package_bytes = {name: int(budget * s / sum(shares)) for name, s in zip(names, shares)}
+    package_bytes = {name: int(budget * s / sum(shares)) for name, s in zip(names, shares, strict=True)}
 
     def make(name: str, version: str, build_number: int = 0) -> Any:
         size = max(20_000, package_bytes[name])
-        n_files = max(3, min(120, int(size / 25_000)))
+        n_files = max(3, min(600, int(size / 12_000)))
         sizes = _payload_sizes(rng, n_files, size)
         deps = tuple(sorted(f"{d} >={versions[d].split('.')[0]}" for d in depends[name]))
         module = name.replace("-", "_")
         if name in noarch_python:
-            files = {f"{module}/{'sub%d/' % (k % 4) if k > 3 else ''}m{k:03d}.py":
-                     _text(rng, s) for k, s in enumerate(sizes)}
-            files[f"{module}/__init__.py"] = f'__version__ = "{version}"\n\ndef main():\n    print("{name}")\n'
+            files = {
+                f"{module}/{f'sub{k % 4}/' if k > 3 else ''}m{k:03d}.py": _text(rng, s)
+                for k, s in enumerate(sizes)
+            }
+            files[f"{module}/__init__.py"] = (
+                f'__version__ = "{version}"\n\ndef main():\n    print("{name}")\n'
+            )
             return PackageSpec(
-                name=name, version=version, build=f"py_{build_number}", build_number=build_number,
-                noarch="python", depends=("python >=3.8", *deps), python_site_packages=files,
+                name=name,
+                version=version,
+                build=f"py_{build_number}",
+                build_number=build_number,
+                noarch="python",
+                depends=("python >=3.8", *deps),
+                python_site_packages=files,
                 entry_points=(f"{name} = {module}:main",) if rng.random() < 0.3 else (),
                 summary=f"Benchmark Python package {name}",
             )
@@ -138,9 +149,14 @@ def channel_packages(seed: int, target_mb: float) -> tuple[list[Any], list[str]]
                 files[f"include/{module}/h{k:03d}.h"] = _text(rng, s)
         files[f"bin/{name}"] = f"#!/bin/sh\necho {name} {version}\n"
         return PackageSpec(
-            name=name, version=version, build=f"h{rng.randrange(16**7):07x}_{build_number}",
-            build_number=build_number, depends=deps, files=files,
-            executables=frozenset({f"bin/{name}"}), summary=f"Benchmark library {name}",
+            name=name,
+            version=version,
+            build=f"h{rng.randrange(16**7):07x}_{build_number}",
+            build_number=build_number,
+            depends=deps,
+            files=files,
+            executables=frozenset({f"bin/{name}"}),
+            summary=f"Benchmark library {name}",
         )
 
     specs = [python] + [make(name, versions[name]) for name in names]
@@ -181,6 +197,7 @@ def make_channel(channel_dir: Path, seed: int, target_mb: float) -> dict[str, An
 # The baseline (runs in its own subprocess)
 # ---------------------------------------------------------------------------------------------
 
+
 def baseline(channel: str, specs: list[str], cache: str, repodata_cache: str, prefix: str) -> dict[str, Any]:
     import asyncio
 
@@ -190,16 +207,27 @@ def baseline(channel: str, specs: list[str], cache: str, repodata_cache: str, pr
         started = time.perf_counter()
         gateway = rattler.Gateway(cache_dir=Path(repodata_cache))
         records = await rattler.solve(
-            [channel], [rattler.MatchSpec(s) for s in specs], gateway=gateway,
+            [channel],
+            [rattler.MatchSpec(s) for s in specs],
+            gateway=gateway,
             platforms=[str(rattler.Subdir.current()), "noarch"],
             virtual_packages=rattler.VirtualPackage.detect(),
         )
         solved = time.perf_counter()
-        await rattler.install(records, Path(prefix), cache_dir=Path(cache), show_progress=False,
-                              execute_link_scripts=False)
+        await rattler.install(
+            records,
+            Path(prefix),
+            cache_dir=Path(cache),
+            show_progress=False,
+            execute_link_scripts=False,
+        )
         installed = time.perf_counter()
-        return {"solve": solved - started, "install": installed - solved,
-                "total": installed - started, "records": len(records)}
+        return {
+            "solve": solved - started,
+            "install": installed - solved,
+            "total": installed - started,
+            "records": len(records),
+        }
 
     return asyncio.run(run())
 
@@ -208,7 +236,9 @@ def run_baseline(args: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "_baseline", json.dumps(args)],
-        capture_output=True, text=True, timeout=BUILD_TIMEOUT_SECONDS,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT_SECONDS,
     )
     if result.returncode != 0:
         raise RuntimeError(f"baseline failed:\n{result.stdout}\n{result.stderr}")
@@ -218,8 +248,146 @@ def run_baseline(args: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Optional step timer (--steps): runs inside the worker, wraps pipeline functions
+# ---------------------------------------------------------------------------------------------
+
+STEP_FUNCTIONS = (
+    ("conda_store_server.build.pipeline", "_plan"),
+    ("conda_store_server.build.solve", "solve"),
+    ("conda_store_server.build.lockfile", "to_conda_lock"),
+    ("conda_store_server.build.pipeline", "_store_artifact"),
+    ("conda_store_server.build.lockfile", "from_conda_lock"),
+    ("conda_store_server.build.install", "check_paths_inside_prefix"),
+    ("conda_store_server.build.pipeline", "apply_ownership"),
+    ("conda_store_server.build.pipeline", "_directory_size"),
+    ("conda_store_server.build.pipeline", "_record_packages"),
+    ("conda_store_server.build.pipeline", "_complete"),
+    ("conda_store_server.build.pipeline", "_make_artifacts"),
+)
+
+
+def install_step_timer(out_path: str) -> None:
+    """Time the pipeline steps of every build this worker runs; one JSON line per event.
+
+    Wraps module attributes (the pipeline calls its helpers through their modules), so it
+    measures the real forked build children. Names that no longer exist are skipped and
+    reported, so the benchmark keeps working while the pipeline changes.
+    """
+    import asyncio
+    import functools
+    import importlib
+
+    steps: dict[str, float] = {}
+    missing: list[str] = []
+
+    def write(record: dict[str, Any]) -> None:
+        with open(out_path, "a") as out:
+            out.write(json.dumps(record) + "\n")
+
+    def wrap(module: Any, name: str, label: str) -> None:
+        function = getattr(module, name, None)
+        if function is None:
+            missing.append(f"{module.__name__}.{name}")
+            return
+        if asyncio.iscoroutinefunction(function):
+
+            @functools.wraps(function)
+            async def timed_async(*args: Any, **kwargs: Any) -> Any:
+                started = time.perf_counter()
+                try:
+                    return await function(*args, **kwargs)
+                finally:
+                    steps[label] = steps.get(label, 0.0) + time.perf_counter() - started
+
+            setattr(module, name, timed_async)
+        else:
+
+            @functools.wraps(function)
+            def timed(*args: Any, **kwargs: Any) -> Any:
+                started = time.perf_counter()
+                try:
+                    return function(*args, **kwargs)
+                finally:
+                    steps[label] = steps.get(label, 0.0) + time.perf_counter() - started
+
+            setattr(module, name, timed)
+
+    for module_name, name in STEP_FUNCTIONS:
+        wrap(importlib.import_module(module_name), name, name)
+
+    install = importlib.import_module("conda_store_server.build.install")
+    real_rattler = getattr(install, "rattler", None)
+    if real_rattler is not None:
+
+        class RattlerProxy:
+            def __getattr__(self, attribute: str) -> Any:
+                return getattr(real_rattler, attribute)
+
+        proxy = RattlerProxy()
+        proxy.install = real_rattler.install  # type: ignore[attr-defined]
+        install.rattler = proxy
+        wrap(proxy, "install", "rattler.install")  # type: ignore[arg-type]
+
+    pipeline = importlib.import_module("conda_store_server.build.pipeline")
+    supervisor = importlib.import_module("conda_store_server.worker.supervisor")
+    run_build, child_main = pipeline.run_build, supervisor._child_main
+    start = supervisor.Supervisor._start
+
+    def timed_run_build(conda_store: Any, build_id: int) -> Any:
+        started = time.perf_counter()
+        try:
+            return run_build(conda_store, build_id)
+        finally:
+            write(
+                {
+                    "build_id": build_id,
+                    "run_build": time.perf_counter() - started,
+                    "steps": steps,
+                    "child_entry": steps.get("_child_entry"),
+                }
+            )
+
+    def timed_child_main(conda_store: Any, build_id: int) -> Any:
+        steps["_child_entry"] = time.time()
+        return child_main(conda_store, build_id)
+
+    def timed_start(self: Any, build_id: int) -> None:
+        write({"build_id": build_id, "fork_called": time.time()})
+        start(self, build_id)
+
+    pipeline.run_build = timed_run_build
+    supervisor._child_main = timed_child_main
+    supervisor.Supervisor._start = timed_start
+    if missing:
+        write({"missing": missing})
+
+
+def step_figures(path: Path, build_ids: set[int]) -> tuple[dict[int, dict[str, float]], list[str]]:
+    """Per build: each timed step, the fork and what the child did outside the timed steps."""
+    forks: dict[int, float] = {}
+    figures: dict[int, dict[str, float]] = {}
+    missing: list[str] = []
+    if not path.exists():
+        return figures, ["the worker wrote no step times"]
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if "missing" in record:
+            missing = record["missing"]
+        elif "fork_called" in record:
+            forks[record["build_id"]] = record["fork_called"]
+        elif record["build_id"] in build_ids:
+            steps = {k: v for k, v in record["steps"].items() if k != "_child_entry"}
+            steps["run_build"] = record["run_build"]
+            if record.get("child_entry") and record["build_id"] in forks:
+                steps["fork → child running"] = record["child_entry"] - forks[record["build_id"]]
+            figures[record["build_id"]] = steps
+    return figures, missing
+
+
+# ---------------------------------------------------------------------------------------------
 # The service
 # ---------------------------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -230,8 +398,9 @@ def free_port() -> int:
 class Service:
     """A real server and worker on a fresh store; both stopped by `stop`."""
 
-    def __init__(self, root: Path, channel_uri: str) -> None:
+    def __init__(self, root: Path, channel_uri: str, steps_file: Path | None = None) -> None:
         self.root = root
+        self.steps_file = steps_file
         self.store_directory = root / "store"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -248,28 +417,46 @@ class Service:
             "AuthenticationBackend": {"secret": "bench-secret-" + "0123456789abcdef" * 3},
         }
         self.config_file = root / "conda_store_config.py"
-        self.config_file.write_text("".join(
-            f"c.{cls}.{trait} = {value!r}\n" for cls, traits in settings.items()
-            for trait, value in traits.items()
-        ))
+        self.config_file.write_text(
+            "".join(
+                f"c.{cls}.{trait} = {value!r}\n"
+                for cls, traits in settings.items()
+                for trait, value in traits.items()
+            )
+        )
 
     def _spawn(self, name: str, arguments: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-        process = subprocess.Popen([sys.executable, *arguments], stdout=log,
-                                   stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        process = subprocess.Popen(
+            [sys.executable, *arguments], stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+        )
         log.close()
         self.processes.append(process)
         return process
 
     def start(self) -> None:
-        self._spawn("server", [
-            "-c", "from conda_store_server.server.app import main; main()",
-            f"--config={self.config_file}", "--CondaStoreServer.address=127.0.0.1",
-            f"--CondaStoreServer.port={self.port}", "--CondaStoreServer.log_level=WARNING",
-        ])
+        self._spawn(
+            "server",
+            [
+                "-c",
+                "from conda_store_server.server.app import main; main()",
+                f"--config={self.config_file}",
+                "--CondaStoreServer.address=127.0.0.1",
+                f"--CondaStoreServer.port={self.port}",
+            ],
+        )
         self._wait_for_server()
         # after the server: it has migrated the database, so the two never migrate at once
-        self._spawn("worker", ["-m", "conda_store_server.worker", f"--config={self.config_file}"])
+        if self.steps_file is None:
+            worker = ["-m", "conda_store_server.worker"]
+        else:
+            worker = [
+                "-c",
+                f"import sys; sys.path.insert(0, {str(SCRIPT.parent)!r}); import bench_build; "
+                f"bench_build.install_step_timer({str(self.steps_file)!r}); "
+                "from conda_store_server.worker.app import main; main()",
+            ]
+        self._spawn("worker", [*worker, f"--config={self.config_file}"])
 
     def _wait_for_server(self) -> None:
         import httpx
@@ -310,7 +497,9 @@ def parse_time(value: str | None) -> datetime.datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
 
 
-def service_build(client: Any, name: str, specs: list[str]) -> dict[str, Any]:
+def service_build(
+    client: Any, name: str, specs: list[str], poll_seconds: float = POLL_SECONDS
+) -> dict[str, Any]:
     specification = "name: " + name + "\ndependencies:\n" + "".join(f"  - {s}\n" for s in specs)
     posted_at = datetime.datetime.now(datetime.UTC)
     started = time.perf_counter()
@@ -318,15 +507,22 @@ def service_build(client: Any, name: str, specs: list[str]) -> dict[str, Any]:
     post_seconds = time.perf_counter() - started
     response.raise_for_status()
     build_id = response.json()["data"]["build_id"]
-    polls = 0
+    polls = not_found = 0
     while True:
-        build = client.get(f"/api/v1/build/{build_id}/").json()["data"]
+        answer = client.get(f"/api/v1/build/{build_id}/")
         polls += 1
+        if answer.status_code == 404 and not_found < 50:
+            # the POST can answer before its transaction is committed; see BENCHMARKS.md
+            not_found += 1
+            time.sleep(POLL_SECONDS)
+            continue
+        answer.raise_for_status()
+        build = answer.json()["data"]
         if build["status"] in ("COMPLETED", "FAILED", "CANCELED"):
             break
         if time.perf_counter() - started > BUILD_TIMEOUT_SECONDS:
             raise RuntimeError(f"build {build_id} is still {build['status']}")
-        time.sleep(POLL_SECONDS)
+        time.sleep(poll_seconds)
     total = time.perf_counter() - started
     logs = client.get(f"/api/v1/build/{build_id}/logs/").text
     if build["status"] != "COMPLETED":
@@ -343,13 +539,15 @@ def service_build(client: Any, name: str, specs: list[str]) -> dict[str, Any]:
         "total": total,
         "post": post_seconds,
         "polls": polls,
+        "not_found": not_found,
         # POST → the worker claimed the build (queue wait, includes the worker's poll interval)
         "queued": (started_on - posted_at).total_seconds() if started_on else None,
         # claim → the child process marked it COMPLETED (fork, solve, lockfile, install, record)
         "running": (ended_on - started_on).total_seconds() if started_on and ended_on else None,
         # COMPLETED in the database → observed by the client
         "observed_after": (posted_at + datetime.timedelta(seconds=total) - ended_on).total_seconds()
-        if ended_on else None,
+        if ended_on
+        else None,
         "solve": logged(r"solved in ([0-9.]+) s"),
         "install": logged(r"installed in ([0-9.]+) s"),
         "pipeline": logged(r"finished in ([0-9.]+) s"),
@@ -361,6 +559,7 @@ def service_build(client: Any, name: str, specs: list[str]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Reporting
 # ---------------------------------------------------------------------------------------------
+
 
 def prefix_size(prefix: str) -> dict[str, float]:
     """Apparent and on-disk size of a prefix, counting each hard-linked inode once (like du)."""
@@ -396,8 +595,10 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{os.cpu_count()} cores{' (' + model + ')' if model else ''}, "
-            f"{platform.system()} {platform.machine()}, Python {platform.python_version()}")
+    return (
+        f"{os.cpu_count()} cores{' (' + model + ')' if model else ''}, "
+        f"{platform.system()} {platform.machine()}, Python {platform.python_version()}"
+    )
 
 
 def report(result: dict[str, Any]) -> str:
@@ -421,8 +622,9 @@ def report(result: dict[str, Any]) -> str:
     def row(label: str, rows: list[dict[str, Any]], key: str) -> None:
         values = [r[key] for r in rows if r.get(key) is not None]
         if values:
-            lines.append(f"{label:34}{statistics.median(values):>10.3f}{min(values):>10.3f}"
-                         f"{max(values):>10.3f}")
+            lines.append(
+                f"{label:34}{statistics.median(values):>10.3f}{min(values):>10.3f}{max(values):>10.3f}"
+            )
 
     row("baseline solve + install (s)", b, "total")
     row("  solve", b, "solve")
@@ -434,7 +636,25 @@ def report(result: dict[str, Any]) -> str:
     row("  claimed → COMPLETED (child)", s, "running")
     row("    solve (build log)", s, "solve")
     row("    install (build log)", s, "install")
+    steps = result.get("steps") or {}
+    if steps:
+        lines.append("  step times in the build child (--steps):")
+        names = sorted(
+            {name for figures in steps.values() for name in figures},
+            key=lambda name: -statistics.median([f[name] for f in steps.values() if name in f]),
+        )
+        rows = list(steps.values())
+        for name in names:
+            row(f"    {name}", rows, name)
+        for missing in result.get("steps_missing") or []:
+            lines.append(f"    (not timed, no longer exists: {missing})")
     row("  COMPLETED → observed by client", s, "observed_after")
+    stale = sum(1 for r in s if r.get("not_found"))
+    if stale:
+        lines.append(
+            f"(GET /api/v1/build/<id>/ answered 404 right after the POST in {stale} of "
+            f"{len(s)} builds: the POST answers before its transaction commits)"
+        )
     lines += [
         "",
         f"ratio service / baseline (medians): {ratio:.2f}   goal ≤ {GOAL_RATIO}: "
@@ -448,12 +668,31 @@ def report(result: dict[str, Any]) -> str:
 # Main
 # ---------------------------------------------------------------------------------------------
 
+
+def settle() -> None:
+    os.sync()
+    time.sleep(0.3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per side (default 5)")
-    parser.add_argument("--size-mb", type=float, default=90.0,
-                        help="approximate uncompressed payload of the channel's packages")
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds per side (default 7)")
+    parser.add_argument(
+        "--size-mb",
+        type=float,
+        default=90.0,
+        help="approximate uncompressed payload of the channel's packages",
+    )
     parser.add_argument("--seed", type=int, default=20240601)
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=POLL_SECONDS,
+        help="seconds between two GET /api/v1/build/<id>/ (default 0.02)",
+    )
+    parser.add_argument(
+        "--steps", action="store_true", help="time each pipeline step inside the worker's build children"
+    )
     parser.add_argument("--json", type=Path, help="also write the raw figures to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     arguments = parser.parse_args()
@@ -464,27 +703,47 @@ def main() -> None:
         print(f"working in {root}", flush=True)
         channel_dir = root / "channel"
         made = subprocess.run(
-            [sys.executable, str(SCRIPT), "_channel", str(channel_dir), str(arguments.seed),
-             str(arguments.size_mb)], capture_output=True, text=True, timeout=180, cwd=REPO_ROOT,
+            [
+                sys.executable,
+                str(SCRIPT),
+                "_channel",
+                str(channel_dir),
+                str(arguments.seed),
+                str(arguments.size_mb),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=REPO_ROOT,
         )
         if made.returncode != 0:
             raise RuntimeError(f"channel generation failed:\n{made.stdout}\n{made.stderr}")
         channel = json.loads(made.stdout.strip().splitlines()[-1])
         specs = channel["specs"]
-        print(f"channel: {channel['channel_packages']} packages, {channel['channel_mb']:.1f} MB, "
-              f"{channel['seconds']:.1f} s", flush=True)
+        print(
+            f"channel: {channel['channel_packages']} packages, {channel['channel_mb']:.1f} MB, "
+            f"{channel['seconds']:.1f} s",
+            flush=True,
+        )
 
         channel_uri = channel_dir.as_uri()
-        service = Service(root, channel_uri)
+        steps_file = root / "steps.jsonl" if arguments.steps else None
+        service = Service(root, channel_uri, steps_file)
         service.start()
         store = service.store_directory
-        baseline_args = {"channel": channel_uri, "specs": specs,
-                         "cache": str(store / ".pkgs"), "repodata_cache": str(store / ".repodata")}
+        baseline_args = {
+            "channel": channel_uri,
+            "specs": specs,
+            "cache": str(store / ".pkgs"),
+            "repodata_cache": str(store / ".repodata"),
+        }
         (root / "baseline").mkdir()
 
         warm = run_baseline({**baseline_args, "prefix": str(root / "baseline" / "warm")})
-        print(f"warm-up baseline (fills the package cache): {warm['total']:.2f} s, "
-              f"{warm['records']} packages", flush=True)
+        print(
+            f"warm-up baseline (fills the package cache): {warm['total']:.2f} s, {warm['records']} packages",
+            flush=True,
+        )
 
         import httpx
 
@@ -494,12 +753,18 @@ def main() -> None:
             print(f"warm-up service build: {first['total']:.2f} s", flush=True)
             baseline_rows, service_rows = [], []
             for i in range(arguments.rounds):
-                baseline_rows.append(run_baseline({**baseline_args,
-                                                   "prefix": str(root / "baseline" / f"r{i}")}))
-                service_rows.append(service_build(client, f"bench-{i}", specs))
-                print(f"round {i + 1}/{arguments.rounds}: baseline "
-                      f"{baseline_rows[-1]['total']:.3f} s, service {service_rows[-1]['total']:.3f} s",
-                      flush=True)
+                # each measurement starts with no dirty pages left over from the previous one
+                settle()
+                baseline_rows.append(
+                    run_baseline({**baseline_args, "prefix": str(root / "baseline" / f"r{i}")})
+                )
+                settle()
+                service_rows.append(service_build(client, f"bench-{i}", specs, arguments.poll_interval))
+                print(
+                    f"round {i + 1}/{arguments.rounds}: baseline "
+                    f"{baseline_rows[-1]['total']:.3f} s, service {service_rows[-1]['total']:.3f} s",
+                    flush=True,
+                )
 
         result = {
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -512,6 +777,10 @@ def main() -> None:
             "baseline": baseline_rows,
             "service": service_rows,
         }
+        if steps_file is not None:
+            result["steps"], result["steps_missing"] = step_figures(
+                steps_file, {row["build_id"] for row in service_rows}
+            )
         print()
         print(report(result))
         if arguments.json:

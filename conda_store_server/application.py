@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from traitlets import Bool, Enum, Unicode, default
+from traitlets import Bool, Enum, Unicode
 from traitlets.config import Application, catch_config_error
 
 from conda_store_server import __version__
@@ -25,11 +25,12 @@ class BaseApplication(Application):
         help="Python configuration file (`c.CondaStore.* = ...`) loaded at start, e.g. "
         "`conda_store_config.py`. A missing file is an error.",
     )
+    # traitlets' Application turns level names into numbers before validating, so both are listed
     log_level = Enum(
-        LOG_LEVELS,
-        "INFO",
+        (*LOG_LEVELS, *(getattr(logging, name) for name in LOG_LEVELS)),
+        logging.INFO,
         config=True,
-        help="Level of all logging: DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+        help="Level of all logging: DEBUG, INFO, WARNING, ERROR or CRITICAL (or its number).",
     )
 
     generate_config = Bool(
@@ -48,10 +49,6 @@ class BaseApplication(Application):
         ),
         "y": ({"BaseApplication": {"answer_yes": True}}, "Answer yes: overwrite files."),
     }
-
-    @default("log_level")
-    def _default_log_level(self) -> str:
-        return "INFO"
 
     @catch_config_error
     def initialize(self, argv: list[str] | None = None) -> None:

@@ -209,3 +209,20 @@ def test_every_configurable_in_the_package_documents_its_traits() -> None:
             ):
                 for name, trait in value.class_traits(config=True).items():
                     assert trait.help, f"{module.__name__}.{value.__name__}.{name} has no help"
+
+
+@pytest.mark.parametrize(
+    ("application", "argument", "expected"),
+    [
+        ("conda_store_server.server.app.CondaStoreServer", "--CondaStoreServer.log_level=WARNING", 30),
+        ("conda_store_server.worker.app.CondaStoreWorker", "--log-level=DEBUG", 10),
+        ("conda_store_server.worker.app.CondaStoreWorker", "--CondaStoreWorker.log_level=40", 40),
+    ],
+)
+def test_log_level_is_accepted_by_name_or_number(application: str, argument: str, expected: int) -> None:
+    module, name = application.rsplit(".", 1)
+    app = getattr(importlib.import_module(module), name)()
+    app.initialize([argument])
+    assert app.log_level == expected
+    with pytest.raises(TraitError):
+        app.log_level = "LOUD"

@@ -11,8 +11,12 @@ import rattler
 from conda_store_server.exception import BuildFailure
 
 
-async def install(records: list[rattler.RepoDataRecord], prefix: str, package_cache: str) -> None:
-    """Hard-link from the shared cache (rattler locks each cache entry, so builds may run at once)."""
+async def install(records: list[rattler.RepoDataRecord], prefix: str, package_cache: str) -> int:
+    """Hard-link from the shared cache (rattler locks each cache entry, so builds may run at once).
+
+    Returns the bytes the packages installed, measured while checking them, so the prefix is
+    walked once rather than twice.
+    """
     try:
         await rattler.install(
             records,
@@ -23,24 +27,44 @@ async def install(records: list[rattler.RepoDataRecord], prefix: str, package_ca
         )
     except Exception as error:
         raise BuildFailure(f"Installing the packages failed: {error}") from error
-    check_paths_inside_prefix(prefix)
     Path(prefix, "CACHEDIR.TAG").unlink(missing_ok=True)
+    return check_installed_paths(prefix)
 
 
 def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root + os.sep)
 
 
-def check_paths_inside_prefix(prefix: str) -> None:
-    """Every path a package installed must stay inside the prefix (defence beyond rattler's own)."""
+def check_installed_paths(prefix: str) -> int:
+    """Every path a package installed must stay inside the prefix (defence beyond rattler's own).
+
+    A path can escape lexically (`..`, absolute) or through a symlinked directory, so each
+    directory is resolved once (packages share few directories among thousands of files).
+    Returns the bytes on disk of the installed files and their records, each inode counted once.
+    """
     root = os.path.realpath(prefix)
-    for meta in sorted(Path(prefix, "conda-meta").glob("*.json")):
+    resolved: dict[str, str] = {}
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for meta in sorted(Path(root, "conda-meta").glob("*.json")):
+        total += meta.stat().st_size
         record = json.loads(meta.read_text())
         for relative in record.get("files", []):
             target = os.path.normpath(os.path.join(root, relative))
-            parent = os.path.realpath(os.path.dirname(target))
+            directory = os.path.dirname(target)
+            parent = resolved.get(directory)
+            if parent is None:
+                parent = resolved[directory] = os.path.realpath(directory)
             if os.path.isabs(relative) or not _inside(target, root) or not _inside(parent, root):
                 raise BuildFailure(
                     f"Package {record.get('name')} installs {relative!r} outside the environment "
                     "prefix; the build was stopped and the package must be fixed."
                 )
+            try:
+                stat = os.lstat(target)
+            except FileNotFoundError:
+                continue
+            if (stat.st_dev, stat.st_ino) not in seen:
+                seen.add((stat.st_dev, stat.st_ino))
+                total += stat.st_size
+    return total

@@ -137,7 +137,7 @@ def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
     for record in sorted(records, key=lambda r: r.name.normalized):
         log.write(f"  {record.name.normalized} {record.version} {record.build}  {record.url}")
     started = time.monotonic()
-    asyncio.run(install.install(records, plan.prefix, conda_store.package_cache_directory))
+    size = asyncio.run(install.install(records, plan.prefix, conda_store.package_cache_directory))
     log.write(f"installed in {time.monotonic() - started:.2f} s")
 
     pip = lockfile.pip_packages(lock, host)
@@ -149,7 +149,6 @@ def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
     apply_ownership(
         plan.prefix, plan.settings.default_uid, plan.settings.default_gid, plan.settings.default_permissions
     )
-    size = _directory_size(plan.prefix)
     with conda_store.session() as session:
         _record_packages(session, plan.build_id, plan.prefix, records)
     _complete(conda_store, plan, size, log)
@@ -222,19 +221,6 @@ def _add_artifact_row(
             session.add(BuildArtifact(build_id=build_id, artifact_type=artifact_type, key=key))
 
 
-def _directory_size(prefix: str) -> int:
-    """Bytes on disk, counting each hard-linked inode once (like `du`)."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for root, directories, files in os.walk(prefix):
-        for name in directories + files:
-            stat = os.lstat(os.path.join(root, name))
-            if (stat.st_dev, stat.st_ino) not in seen:
-                seen.add((stat.st_dev, stat.st_ino))
-                total += stat.st_size
-    return total
-
-
 def _channel_of(record: rattler.RepoDataRecord) -> str:
     if record.channel:
         return str(record.channel).rstrip("/")
@@ -250,58 +236,130 @@ def _about(prefix: str, record: rattler.RepoDataRecord) -> dict[str, Any]:
         return {}
 
 
-def _get_or_create(session: Session, model: type, lookup: dict[str, Any], **values: Any) -> Any:
-    """Upsert tolerant of another build inserting the same row at the same moment."""
-    row = session.scalar(select(model).filter_by(**lookup))
-    if row is not None:
-        return row
+CHANNEL_KEY = ("name",)
+PACKAGE_KEY = ("channel_id", "name", "version")
+PACKAGE_BUILD_KEY = ("channel_id", "package_id", "subdir", "build", "build_number", "sha256")
+
+
+def _existing_or_created(
+    session: Session,
+    model: type,
+    natural_key: tuple[str, ...],
+    existing: dict[tuple, Any],
+    wanted: dict[tuple, dict[str, Any]],
+) -> dict[tuple, Any]:
+    """Rows for every key: those found by one query, the rest inserted in one savepoint.
+
+    Another build may insert the same rows at the same moment; then the batch is rolled back
+    and each missing row is fetched or inserted on its own.
+    """
+    missing = {key: values for key, values in wanted.items() if key not in existing}
+    if not missing:
+        return existing
     try:
         with session.begin_nested():
-            row = model(**lookup, **values)
-            session.add(row)
+            created = {key: model(**values) for key, values in missing.items()}
+            session.add_all(created.values())
+        return {**existing, **created}
     except IntegrityError:
-        row = session.scalars(select(model).filter_by(**lookup)).one()
-    return row
+        pass
+    rows = dict(existing)
+    for key, values in missing.items():
+        lookup = {name: values[name] for name in natural_key}
+        row = session.scalar(select(model).filter_by(**lookup))
+        if row is None:
+            try:
+                with session.begin_nested():
+                    row = model(**values)
+                    session.add(row)
+            except IntegrityError:
+                row = session.scalars(select(model).filter_by(**lookup)).one()
+        rows[key] = row
+    return rows
 
 
 def _record_packages(
     session: Session, build_id: int, prefix: str, records: list[rattler.RepoDataRecord]
 ) -> None:
+    """The build's package rows, with a query per table rather than per package."""
     build = session.get(Build, build_id)
     assert build is not None
-    package_builds = []
+
+    channel_names = {_channel_of(record) for record in records}
+    channels = _existing_or_created(
+        session,
+        CondaChannel,
+        CHANNEL_KEY,
+        {
+            (c.name,): c
+            for c in session.scalars(select(CondaChannel).where(CondaChannel.name.in_(channel_names)))
+        },
+        {(name,): {"name": name} for name in channel_names},
+    )
+    channel_of = {id(record): channels[(_channel_of(record),)] for record in records}
+
+    def package_key(record: rattler.RepoDataRecord) -> tuple:
+        return (channel_of[id(record)].id, record.name.normalized, str(record.version))
+
+    wanted_packages: dict[tuple, dict[str, Any]] = {}
     for record in records:
         about = _about(prefix, record)
-        channel = _get_or_create(session, CondaChannel, {"name": _channel_of(record)})
-        package = _get_or_create(
-            session,
-            CondaPackage,
-            {"channel_id": channel.id, "name": record.name.normalized, "version": str(record.version)},
-            license=record.license or about.get("license"),
-            license_family=record.license_family,
-            summary=about.get("summary"),
-            description=about.get("description"),
+        channel_id, name, version = package_key(record)
+        wanted_packages[package_key(record)] = {
+            "channel_id": channel_id,
+            "name": name,
+            "version": version,
+            "license": record.license or about.get("license"),
+            "license_family": record.license_family,
+            "summary": about.get("summary"),
+            "description": about.get("description"),
+        }
+    found = session.scalars(
+        select(CondaPackage).where(
+            CondaPackage.name.in_({record.name.normalized for record in records}),
+            CondaPackage.channel_id.in_({channel.id for channel in channels.values()}),
         )
-        package_builds.append(
-            _get_or_create(
-                session,
-                CondaPackageBuild,
-                {
-                    "channel_id": channel.id,
-                    "package_id": package.id,
-                    "subdir": record.subdir,
-                    "build": str(record.build),
-                    "build_number": record.build_number,
-                    "sha256": record.sha256.hex() if record.sha256 else "",
-                },
-                depends=list(record.depends),
-                constrains=list(record.constrains),
-                md5=record.md5.hex() if record.md5 else "",
-                size=record.size or 0,
-                timestamp=int(record.timestamp.timestamp() * 1000) if record.timestamp else None,
-            )
+    )
+    packages = _existing_or_created(
+        session,
+        CondaPackage,
+        PACKAGE_KEY,
+        {(p.channel_id, p.name, p.version): p for p in found},
+        wanted_packages,
+    )
+
+    def build_values(record: rattler.RepoDataRecord) -> dict[str, Any]:
+        return {
+            "channel_id": channel_of[id(record)].id,
+            "package_id": packages[package_key(record)].id,
+            "subdir": record.subdir,
+            "build": str(record.build),
+            "build_number": record.build_number,
+            "sha256": record.sha256.hex() if record.sha256 else "",
+            "depends": list(record.depends),
+            "constrains": list(record.constrains),
+            "md5": record.md5.hex() if record.md5 else "",
+            "size": record.size or 0,
+            "timestamp": int(record.timestamp.timestamp() * 1000) if record.timestamp else None,
+        }
+
+    wanted_builds = {}
+    for record in records:
+        values = build_values(record)
+        wanted_builds[tuple(values[name] for name in PACKAGE_BUILD_KEY)] = values
+    found_builds = session.scalars(
+        select(CondaPackageBuild).where(
+            CondaPackageBuild.sha256.in_({values["sha256"] for values in wanted_builds.values()})
         )
-    build.package_builds = package_builds
+    )
+    package_builds = _existing_or_created(
+        session,
+        CondaPackageBuild,
+        PACKAGE_BUILD_KEY,
+        {tuple(getattr(b, name) for name in PACKAGE_BUILD_KEY): b for b in found_builds},
+        wanted_builds,
+    )
+    build.package_builds = [package_builds[key] for key in wanted_builds]
 
 
 def _complete(conda_store: CondaStore, plan: BuildPlan, size: int, log: BuildLog) -> None:

@@ -162,7 +162,7 @@ class CondaStoreServer(BaseApplication):
                 app,
                 host=self.address,
                 port=self.port,
-                log_level=self.log_level.lower(),
+                log_level=self.log_level,
                 proxy_headers=self.behind_proxy,
                 forwarded_allow_ips="*" if self.behind_proxy else "127.0.0.1",
             )
@@ -213,7 +213,7 @@ def create_app(
     server: CondaStoreServer, conda_store: CondaStore, authentication: auth.Authentication
 ) -> FastAPI:
     """The ASGI application; everything it needs comes in as arguments (no globals)."""
-    from conda_store_server.server.api import v1
+    from conda_store_server.server.api import routers
 
     prefix = "" if server.url_prefix == "/" else server.url_prefix
     app = FastAPI(
@@ -256,7 +256,8 @@ def create_app(
         return JSONResponse({"detail": _jsonable_errors(error.errors())}, status_code=422)
 
     if server.enable_api:
-        app.include_router(v1.router, prefix=prefix)
+        for router in routers():
+            app.include_router(router, prefix=prefix)
 
     @app.get(f"{prefix}/login/", response_class=HTMLResponse)
     def login_page(next: str | None = None) -> HTMLResponse:

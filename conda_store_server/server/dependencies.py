@@ -58,5 +58,7 @@ def get_caller(request: Request) -> Caller:
 
 
 CallerDependency = Depends(get_caller)
-SessionDependency = Depends(get_session)
+# "function" scope commits before the response is sent: a client acting on a response must
+# find what it announced (an id returned by POST is readable by the next request).
+SessionDependency = Depends(get_session, scope="function")
 StoreDependency = Depends(get_conda_store)

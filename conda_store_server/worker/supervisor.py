@@ -59,7 +59,7 @@ class Supervisor:
         self,
         conda_store: CondaStore,
         concurrency: int,
-        poll_interval: float = 0.2,
+        poll_interval: float = 0.05,
         worker_id: str | None = None,
     ) -> None:
         self.conda_store = conda_store

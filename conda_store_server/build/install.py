@@ -8,6 +8,7 @@ from pathlib import Path
 
 import rattler
 
+from conda_store_server.build.entry_points import check_entry_points
 from conda_store_server.exception import BuildFailure
 
 
@@ -17,6 +18,7 @@ async def install(records: list[rattler.RepoDataRecord], prefix: str, package_ca
     Returns the bytes the packages installed, measured while checking them, so the prefix is
     walked once rather than twice.
     """
+    await check_entry_points(records, package_cache)
     try:
         await rattler.install(
             records,

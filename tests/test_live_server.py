@@ -2,42 +2,22 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from live import live_server
 from sqlalchemy import event
-from traitlets.config import Config
 
 from conda_store_server.app import CondaStore
-from conda_store_server.server.app import CondaStoreServer
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
 def live_url(conda_store: CondaStore, store_settings: dict[str, dict[str, Any]]) -> Iterator[str]:
-    port = _free_port()
-    app = CondaStoreServer(config=Config(store_settings)).create_app(conda_store)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with live_server(conda_store, store_settings) as url:
+        yield url
 
 
 def test_a_created_build_is_readable_as_soon_as_the_post_answers(

@@ -1,0 +1,45 @@
+"""A real server on a loopback port, for tests that need a socket (clients, browsers, proxies)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import uvicorn
+from traitlets.config import Config
+
+from conda_store_server.app import CondaStore
+from conda_store_server.server.app import CondaStoreServer
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def live_server(
+    conda_store: CondaStore, settings: dict[str, Any], server_settings: dict[str, Any] | None = None
+) -> Iterator[str]:
+    """Serve the app in a thread of this process; yields its base URL (no trailing slash)."""
+    port = free_port()
+    config = Config({**settings, "CondaStoreServer": server_settings or {}})
+    app = CondaStoreServer(config=config).create_app(conda_store)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the live server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

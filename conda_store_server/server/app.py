@@ -242,6 +242,15 @@ def create_app(
             return _error(413, f"request body larger than {MAX_BODY_BYTES} bytes")
         return await call_next(request)
 
+    @app.middleware("http")
+    async def drop_slash_after_query(request: Request, call_next: Any) -> Any:
+        # The official client appends "/" to whole URLs, query included (`?packages=python/`);
+        # no filter value ends with "/" (names cannot hold one), so the slash is the client's.
+        query = request.scope.get("query_string", b"")
+        if query.endswith(b"/"):
+            request.scope["query_string"] = query.rstrip(b"/")
+        return await call_next(request)
+
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
         return _error(error.status_code, str(error.detail))

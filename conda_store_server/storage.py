@@ -6,15 +6,22 @@ the HTTP layer checks read permission before it hands out bytes or a URL.
 
 from __future__ import annotations
 
+import datetime
+import functools
+import io
 import os
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
+from typing import Any
 
-from traitlets import Unicode, default
+from traitlets import Bool, Callable, Dict, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from conda_store_server.app import conda_store_dir
+from conda_store_server.exception import CondaStoreError
+
+PRESIGNED_URL_MINUTES = 10
 
 
 def check_key(key: str) -> str:
@@ -129,3 +136,121 @@ class LocalStorage(Storage):
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
+
+
+class S3Storage(Storage):
+    """Artifacts in an S3 bucket (AWS, MinIO, ...) through the minio SDK.
+
+    Users download through presigned URLs on `external_endpoint`, handed out only after the
+    server's permission check; server and workers talk to `internal_endpoint`.
+    """
+
+    internal_endpoint = Unicode(
+        config=True,
+        help="host[:port] of the S3 endpoint the server and workers use to read and write "
+        "artifacts, e.g. minio:9000 or s3.amazonaws.com.",
+    )
+    external_endpoint = Unicode(
+        config=True,
+        help="host[:port] of the S3 endpoint users reach: presigned download URLs point there, "
+        "e.g. s3.example.org or s3.amazonaws.com.",
+    )
+    access_key = Unicode(config=True, help="Access key of the bucket (unless `credentials` is set).")
+    secret_key = Unicode(config=True, help="Secret key of the bucket (unless `credentials` is set).")
+    region = Unicode("us-east-1", config=True, help="Region of the bucket.")
+    bucket_name = Unicode("conda-store", config=True, help="Bucket of the artifacts; created if missing.")
+    internal_secure = Bool(True, config=True, help="https (True) or http (False) for the internal endpoint.")
+    external_secure = Bool(
+        True, config=True, help="https (True) or http (False) in the URLs handed to users."
+    )
+    credentials = Callable(
+        None,
+        allow_none=True,
+        config=True,
+        help="A minio credentials provider class (e.g. minio.credentials.IamAwsProvider), "
+        "instantiated with credentials_args and credentials_kwargs; overrides the keys.",
+    )
+    credentials_args = List([], config=True, help="Positional arguments of the credentials provider.")
+    credentials_kwargs = Dict({}, config=True, help="Keyword arguments of the credentials provider.")
+
+    def _client(self, endpoint: str, secure: bool) -> Any:
+        from minio import Minio
+
+        provider = (
+            self.credentials(*self.credentials_args, **self.credentials_kwargs) if self.credentials else None
+        )
+        # The region is given so that presigning never asks the endpoint for it.
+        return Minio(
+            endpoint,
+            access_key=None if provider else self.access_key,
+            secret_key=None if provider else self.secret_key,
+            region=self.region,
+            secure=secure,
+            credentials=provider,
+        )
+
+    @functools.cached_property
+    def internal_client(self) -> Any:
+        if not self.internal_endpoint:
+            raise CondaStoreError("c.S3Storage.internal_endpoint is not configured")
+        client = self._client(self.internal_endpoint, self.internal_secure)
+        try:
+            if not client.bucket_exists(self.bucket_name):
+                client.make_bucket(self.bucket_name, location=self.region)
+        except Exception as error:
+            raise CondaStoreError(
+                f"S3 storage at {self.internal_endpoint} (bucket {self.bucket_name}) is not usable: {error}"
+            ) from error
+        return client
+
+    @functools.cached_property
+    def external_client(self) -> Any:
+        return self._client(self.external_endpoint or self.internal_endpoint, self.external_secure)
+
+    def set(self, key: str, value: bytes, content_type: str = "application/octet-stream") -> None:
+        self.internal_client.put_object(
+            self.bucket_name, check_key(key), io.BytesIO(value), len(value), content_type=content_type
+        )
+
+    def fset(
+        self,
+        key: str,
+        filename: str | os.PathLike[str],
+        content_type: str = "application/octet-stream",
+    ) -> None:
+        # streamed in parts: archives of several GB never sit in memory
+        self.internal_client.fput_object(
+            self.bucket_name, check_key(key), str(filename), content_type=content_type
+        )
+
+    def append(self, key: str, value: bytes) -> None:
+        """S3 has no append: the object is rewritten. Only logs append, a few KB at a time."""
+        existing = self.get(key) if self.exists(key) else b""
+        self.set(key, existing + value, "text/plain; charset=utf-8")
+
+    def get(self, key: str) -> bytes:
+        response = self.internal_client.get_object(self.bucket_name, check_key(key))
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    def exists(self, key: str) -> bool:
+        from minio.error import S3Error
+
+        try:
+            self.internal_client.stat_object(self.bucket_name, check_key(key))
+        except S3Error as error:
+            if error.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                return False
+            raise
+        return True
+
+    def delete(self, key: str) -> None:
+        self.internal_client.remove_object(self.bucket_name, check_key(key))
+
+    def get_url(self, key: str) -> str | None:
+        return self.external_client.presigned_get_object(
+            self.bucket_name, check_key(key), expires=datetime.timedelta(minutes=PRESIGNED_URL_MINUTES)
+        )

@@ -23,7 +23,7 @@ from conda_store_server.application import BaseApplication
 from conda_store_server.exception import CondaStoreError, ConflictError, NotFoundError
 from conda_store_server.server import auth
 from conda_store_server.server.schema import Login
-from conda_store_server.storage import LocalStorage
+from conda_store_server.storage import LocalStorage, S3Storage
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
@@ -43,6 +43,7 @@ class CondaStoreServer(BaseApplication):
     classes = [
         CondaStore,
         LocalStorage,
+        S3Storage,
         auth.AuthenticationBackend,
         auth.RBACAuthorizationBackend,
         auth.DummyAuthentication,

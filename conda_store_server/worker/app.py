@@ -11,7 +11,7 @@ from traitlets import Bool, Integer, List, Unicode
 
 from conda_store_server.app import CondaStore
 from conda_store_server.application import BaseApplication
-from conda_store_server.storage import LocalStorage
+from conda_store_server.storage import LocalStorage, S3Storage
 from conda_store_server.worker.supervisor import Supervisor, die_with_parent
 
 
@@ -19,7 +19,7 @@ class CondaStoreWorker(BaseApplication):
     name = "conda-store-worker"
     description = "Build conda environments queued by conda-store-server."
 
-    classes = [CondaStore, LocalStorage]
+    classes = [CondaStore, LocalStorage, S3Storage]
     aliases = {
         **BaseApplication.aliases,
         "config": "BaseApplication.config_file",

@@ -65,7 +65,8 @@ class CondaStoreServer(BaseApplication):
     enable_metrics = Bool(
         True,
         config=True,
-        help="Serve Prometheus metrics at {url_prefix}/metrics (not part of this release yet).",
+        help="Serve Prometheus metrics at {url_prefix}/metrics (builds by status, queue depth, "
+        "build durations, disk usage; no authentication, as upstream).",
     )
     address = Unicode("0.0.0.0", config=True, help="Address to listen on, e.g. 127.0.0.1.")
     port = Integer(8080, config=True, help="Port to listen on.")
@@ -268,6 +269,10 @@ def create_app(
     if server.enable_api:
         for router in routers():
             app.include_router(router, prefix=prefix)
+    if server.enable_metrics:
+        from conda_store_server.server.metrics import metrics_router
+
+        app.include_router(metrics_router(conda_store), prefix=prefix)
 
     @app.get(f"{prefix}/login/", response_class=HTMLResponse)
     def login_page(next: str | None = None) -> HTMLResponse:

@@ -217,19 +217,30 @@ class AuthorizationBackend(LoggingConfigurable):
                     break
         return result
 
-    def entity_bindings(self, entity: AuthenticationToken | None) -> dict[str, set[str]]:
+    def entity_bindings(
+        self, entity: AuthenticationToken | None, database_bindings: dict[str, set[str]] | None = None
+    ) -> dict[str, set[str]]:
+        """Defaults, then the token's, then the database's: a later binding of an ARN replaces one."""
         if entity is None:
             return {arn: set(roles) for arn, roles in self.unauthenticated_role_bindings.items()}
         bindings = {arn: set(roles) for arn, roles in self.authenticated_role_bindings.items()}
         bindings.update({arn: set(roles) for arn, roles in entity.role_bindings.items()})
+        bindings.update(database_bindings or {})
         return bindings
 
-    def permissions(self, entity: AuthenticationToken | None, arn: str) -> set[str]:
+    def database_role_bindings(self, session: Any, entity: AuthenticationToken | None) -> dict[str, set[str]]:
+        """Bindings granted through namespace role mappings in the database; none by default."""
+        return {}
+
+    def permissions_on(self, bindings: dict[str, set[str]], arn: str) -> set[str]:
         granted: set[str] = set()
-        for binding, roles in self.entity_bindings(entity).items():
+        for binding, roles in bindings.items():
             if arn_matches(binding, arn):
                 granted |= self.permissions_of_roles(roles)
         return granted
+
+    def permissions(self, entity: AuthenticationToken | None, arn: str) -> set[str]:
+        return self.permissions_on(self.entity_bindings(entity), arn)
 
     def authorize(
         self, entity: AuthenticationToken | None, arn: str, required: Iterable[Permissions]
@@ -253,6 +264,17 @@ class RBACAuthorizationBackend(AuthorizationBackend):
                 f"version: {proposal['value']}, expected: (1, 2)"
             )
         return proposal["value"]
+
+    def database_role_bindings(self, session: Any, entity: AuthenticationToken | None) -> dict[str, set[str]]:
+        """v1: the mappings of the caller's primary namespace, `{entity ARN: {role}}`; v2: the
+        namespaces that granted the caller's primary namespace a role, `{"N/*": {role}}`."""
+        if entity is None:
+            return {}
+        from conda_store_server.namespaces import role_bindings_v1, role_bindings_v2
+
+        if self.role_mappings_version == 2:
+            return role_bindings_v2(session, entity.primary_namespace)
+        return role_bindings_v1(session, entity.primary_namespace)
 
 
 class Authentication(LoggingConfigurable):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy.orm import Session
@@ -32,6 +32,12 @@ class Caller:
     entity: AuthenticationToken | None
     authentication: Authentication
     default_namespace: str
+    database_bindings: dict[str, set[str]] = field(default_factory=dict)
+
+    @property
+    def bindings(self) -> dict[str, set[str]]:
+        """Everything that grants this caller roles: defaults, token, database role mappings."""
+        return self.authentication.authorization.entity_bindings(self.entity, self.database_bindings)
 
     @property
     def authenticated(self) -> bool:
@@ -42,7 +48,8 @@ class Caller:
         return self.entity.primary_namespace if self.entity else self.default_namespace
 
     def can(self, arn: str, *permissions: Permissions) -> bool:
-        return self.authentication.authorization.authorize(self.entity, arn, permissions)
+        granted = self.authentication.authorization.permissions_on(self.bindings, arn)
+        return all(p.value in granted for p in permissions)
 
     def require(self, arn: str, *permissions: Permissions) -> None:
         if not self.can(arn, *permissions):
@@ -54,7 +61,12 @@ def get_caller(request: Request) -> Caller:
     entity = authentication.entity_from_headers(
         request.cookies.get(authentication.cookie_name), request.headers.get("authorization")
     )
-    return Caller(entity, authentication, request.app.state.conda_store.default_namespace)
+    conda_store: CondaStore = request.app.state.conda_store
+    database_bindings: dict[str, set[str]] = {}
+    if entity is not None:
+        with conda_store.session() as session:
+            database_bindings = authentication.authorization.database_role_bindings(session, entity)
+    return Caller(entity, authentication, conda_store.default_namespace, database_bindings)
 
 
 CallerDependency = Depends(get_caller)

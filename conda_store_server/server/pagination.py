@@ -13,7 +13,7 @@ from fastapi import HTTPException, Query, Request
 from sqlalchemy import ColumnElement, Select, false, func, or_, select
 from sqlalchemy.orm import Session
 
-from conda_store_server.server.auth import ARN_PATTERN, AuthenticationToken, AuthorizationBackend
+from conda_store_server.server.auth import ARN_PATTERN
 
 
 @dataclass
@@ -80,8 +80,7 @@ def _like(pattern: str) -> str:
 
 
 def visible_filter(
-    authorization: AuthorizationBackend,
-    entity: AuthenticationToken | None,
+    bindings: dict[str, Any],
     namespace_column: Any,
     name_column: Any | None = None,
     extra_bindings: list[dict[str, Any]] | None = None,
@@ -105,7 +104,7 @@ def visible_filter(
             clauses.append(clause)
         return or_(*clauses) if clauses else false()
 
-    result = condition(authorization.entity_bindings(entity))
+    result = condition(bindings)
     for bindings in extra_bindings or []:
         result = result & condition(bindings)
     return result

@@ -78,9 +78,8 @@ def api_list_namespaces(
     session: Session = SessionDependency,
     arguments: PageArguments = Page,
 ) -> dict[str, Any]:
-    authorization = caller.authentication.authorization
     query = select(Namespace).where(
-        Namespace.deleted_on.is_(None), visible_filter(authorization, caller.entity, Namespace.name)
+        Namespace.deleted_on.is_(None), visible_filter(caller.bindings, Namespace.name)
     )
     rows, fields = paginate(session, query, arguments, {"name": Namespace.name}, ["name"], Namespace.id)
     # upstream's namespace list has no `message` key; the official client does not need one
@@ -103,7 +102,6 @@ class EnvironmentFilters:
 
 def environment_query(caller: Caller, filters: EnvironmentFilters) -> Select:
     """The environments the caller may see that match every filter."""
-    authorization = caller.authentication.authorization
     query = (
         select(Environment)
         .join(Environment.namespace)
@@ -112,8 +110,7 @@ def environment_query(caller: Caller, filters: EnvironmentFilters) -> Select:
             Environment.deleted_on.is_(None),
             Namespace.deleted_on.is_(None),
             visible_filter(
-                authorization,
-                caller.entity,
+                caller.bindings,
                 Namespace.name,
                 Environment.name,
                 token_bindings(caller, filters.jwt),
@@ -178,14 +175,13 @@ def api_list_builds(
     session: Session = SessionDependency,
     arguments: PageArguments = Page,
 ) -> dict[str, Any]:
-    authorization = caller.authentication.authorization
     query = (
         select(Build)
         .join(Build.environment)
         .join(Environment.namespace)
         .where(
             Build.deleted_on.is_(None),
-            visible_filter(authorization, caller.entity, Namespace.name, Environment.name),
+            visible_filter(caller.bindings, Namespace.name, Environment.name),
             *has_packages(Build.id, packages),
         )
     )

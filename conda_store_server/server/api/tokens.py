@@ -64,7 +64,7 @@ def api_create_token(body: TokenRequest | None = None, caller: Caller = CallerDe
         raise HTTPException(401, "log in to create a token: anonymous callers cannot create tokens")
     body = body or TokenRequest()
     authorization = caller.authentication.authorization
-    held = authorization.entity_bindings(caller.entity)
+    held = caller.bindings
 
     requested = body.role_bindings
     if requested is None:

@@ -59,7 +59,7 @@ def api_status() -> dict[str, Any]:
 @router.get("/permission/")
 def api_permission(caller: Caller = CallerDependency) -> dict[str, Any]:
     authorization = caller.authentication.authorization
-    bindings = authorization.entity_bindings(caller.entity)
+    bindings = caller.bindings
     return ok(
         {
             "authenticated": caller.authenticated,

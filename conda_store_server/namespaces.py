@@ -23,15 +23,6 @@ def check_role(role: str) -> str:
     return stored
 
 
-def live_namespace(session: Session, name: str) -> Namespace:
-    namespace = session.scalar(
-        select(Namespace).where(Namespace.name == name, Namespace.deleted_on.is_(None))
-    )
-    if namespace is None:
-        raise NotFoundError("namespace does not exist")
-    return namespace
-
-
 def create_namespace(session: Session, name: str) -> Namespace:
     check_name("namespace", name)
     # a soft-deleted namespace keeps its name: its kept artifacts still refer to it

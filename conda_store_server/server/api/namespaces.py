@@ -12,7 +12,7 @@ from fastapi import APIRouter, Body, Query
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from conda_store_server import namespaces
+from conda_store_server import namespaces, service
 from conda_store_server.server import schema
 from conda_store_server.server.auth import Permissions
 from conda_store_server.server.dependencies import Caller, CallerDependency, SessionDependency
@@ -40,7 +40,7 @@ def api_get_namespace(
     namespace: str, caller: Caller = CallerDependency, session: Session = SessionDependency
 ) -> dict[str, Any]:
     caller.require(namespace, Permissions.NAMESPACE_READ)
-    row = namespaces.live_namespace(session, namespace)
+    row = service.get_namespace(session, namespace)
     return {"status": "ok", "data": schema.Namespace.of(row).model_dump(mode="json"), "message": None}
 
 
@@ -66,7 +66,7 @@ def api_update_namespace(
         Permissions.NAMESPACE_ROLE_MAPPING_CREATE,
         Permissions.NAMESPACE_ROLE_MAPPING_DELETE,
     )
-    row = namespaces.live_namespace(session, namespace)
+    row = service.get_namespace(session, namespace)
     if body.metadata is not None:
         row.metadata_ = body.metadata
     if body.role_mappings is not None:
@@ -82,7 +82,7 @@ def api_update_namespace_metadata(
     session: Session = SessionDependency,
 ) -> dict[str, Any]:
     caller.require(namespace, Permissions.NAMESPACE_UPDATE)
-    namespaces.live_namespace(session, namespace).metadata_ = metadata
+    service.get_namespace(session, namespace).metadata_ = metadata
     return ACK
 
 
@@ -91,7 +91,7 @@ def api_list_role_mappings(
     namespace: str, caller: Caller = CallerDependency, session: Session = SessionDependency
 ) -> dict[str, Any]:
     caller.require(namespace, Permissions.NAMESPACE_READ, Permissions.NAMESPACE_ROLE_MAPPING_READ)
-    rows = namespaces.mappings_v2(session, namespaces.live_namespace(session, namespace))
+    rows = namespaces.mappings_v2(session, service.get_namespace(session, namespace))
     return {"status": "ok", "data": [namespaces.mapping_v2_json(r) for r in rows], "message": None}
 
 
@@ -100,7 +100,7 @@ def api_delete_role_mappings(
     namespace: str, caller: Caller = CallerDependency, session: Session = SessionDependency
 ) -> dict[str, Any]:
     caller.require(namespace, Permissions.NAMESPACE_READ, Permissions.NAMESPACE_ROLE_MAPPING_DELETE)
-    namespaces.delete_mappings_v2(session, namespaces.live_namespace(session, namespace))
+    namespaces.delete_mappings_v2(session, service.get_namespace(session, namespace))
     return ACK
 
 
@@ -112,7 +112,7 @@ def api_get_role_mapping(
     session: Session = SessionDependency,
 ) -> dict[str, Any]:
     caller.require(namespace, Permissions.NAMESPACE_READ, Permissions.NAMESPACE_ROLE_MAPPING_READ)
-    row = namespaces.get_mapping_v2(session, namespaces.live_namespace(session, namespace), other_namespace)
+    row = namespaces.get_mapping_v2(session, service.get_namespace(session, namespace), other_namespace)
     return {"status": "ok", "data": namespaces.mapping_v2_json(row), "message": None}
 
 
@@ -124,7 +124,7 @@ def api_create_role_mapping(
     session: Session = SessionDependency,
 ) -> dict[str, Any]:
     caller.require(namespace, Permissions.NAMESPACE_READ, Permissions.NAMESPACE_ROLE_MAPPING_CREATE)
-    row = namespaces.live_namespace(session, namespace)
+    row = service.get_namespace(session, namespace)
     namespaces.create_mapping_v2(session, row, body.other_namespace, body.role)
     return ACK
 
@@ -137,7 +137,7 @@ def api_update_role_mapping(
     session: Session = SessionDependency,
 ) -> dict[str, Any]:
     caller.require(namespace, Permissions.NAMESPACE_READ, Permissions.NAMESPACE_ROLE_MAPPING_UPDATE)
-    row = namespaces.live_namespace(session, namespace)
+    row = service.get_namespace(session, namespace)
     namespaces.get_mapping_v2(session, row, body.other_namespace).role = namespaces.check_role(body.role)
     return ACK
 
@@ -150,6 +150,6 @@ def api_delete_role_mapping(
     session: Session = SessionDependency,
 ) -> dict[str, Any]:
     caller.require(namespace, Permissions.NAMESPACE_READ, Permissions.NAMESPACE_ROLE_MAPPING_DELETE)
-    row = namespaces.live_namespace(session, namespace)
+    row = service.get_namespace(session, namespace)
     session.delete(namespaces.get_mapping_v2(session, row, body.other_namespace))
     return ACK

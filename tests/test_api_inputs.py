@@ -152,3 +152,21 @@ def test_permission_reports_the_caller(client) -> None:
     assert alice["authenticated"] is True and alice["primary_namespace"] == "alice"
     assert "environment:create" in alice["entity_permissions"]["*/*"]
     assert client.post("/login/", json={"username": "x", "password": "wrong"}).status_code == 403
+
+
+def test_login_with_a_non_ascii_password_is_refused_not_500(client) -> None:
+    response = client.post("/login/", json={"username": "alice", "password": "pässwörd"})
+    assert response.status_code == 403
+
+
+def test_a_body_that_is_not_json_is_422_not_500(client) -> None:
+    login(client)
+    response = client.post(
+        "/api/v1/specification/", content=b'{"specification": ""}', headers={"Content-Type": "text/plain"}
+    )
+    assert response.status_code == 422
+
+
+@pytest.mark.parametrize("path", ["/api/v1/build/9223372036854775808/", "/api/v1/build/2147483648/lockfile/"])
+def test_ids_beyond_the_database_range_are_422(client, path: str) -> None:
+    assert client.get(path).status_code == 422

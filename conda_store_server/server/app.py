@@ -320,6 +320,8 @@ def _jsonable_errors(errors: Any) -> Any:
     result = []
     for error in errors:
         item = dict(error)
+        if isinstance(item.get("input"), bytes):  # a body that is not JSON
+            item["input"] = item["input"].decode("utf-8", "replace")
         if "ctx" in item:
             item["ctx"] = {k: str(v) for k, v in item["ctx"].items()}
         result.append(item)

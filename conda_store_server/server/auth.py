@@ -348,7 +348,9 @@ class DummyAuthentication(Authentication):
     )
 
     def authenticate(self, username: str, password: str) -> AuthenticationToken | None:
-        if not username or (self.password and not secrets.compare_digest(password, self.password)):
+        if not username or (
+            self.password and not secrets.compare_digest(password.encode(), self.password.encode())
+        ):
             return None
         return AuthenticationToken(primary_namespace=username, role_bindings={"*/*": ["admin"]})
 

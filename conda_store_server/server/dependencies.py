@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Path, Request
 from sqlalchemy.orm import Session
 
 from conda_store_server.app import CondaStore
@@ -68,6 +69,11 @@ def get_caller(request: Request) -> Caller:
             database_bindings = authentication.authorization.database_role_bindings(session, entity)
     return Caller(entity, authentication, conda_store.default_namespace, database_bindings)
 
+
+# Ids are 32-bit integer columns on PostgreSQL: a larger id cannot exist, and asking the
+# database for one would be an error (500) instead of a 422.
+MAX_ID = 2**31 - 1
+BuildId = Annotated[int, Path(ge=0, le=MAX_ID, description="Build id")]
 
 CallerDependency = Depends(get_caller)
 # "function" scope commits before the response is sent: a client acting on a response must

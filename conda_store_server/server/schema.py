@@ -132,7 +132,7 @@ class SpecificationRequest(BaseModel):
 
 
 class EnvironmentUpdate(BaseModel):
-    build_id: int | None = None
+    build_id: int | None = Field(None, ge=0, le=2**31 - 1)
     description: str | None = None
 
 

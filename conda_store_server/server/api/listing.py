@@ -27,7 +27,13 @@ from conda_store_server.db.models import (
 )
 from conda_store_server.server import schema
 from conda_store_server.server.auth import Permissions
-from conda_store_server.server.dependencies import Caller, CallerDependency, SessionDependency
+from conda_store_server.server.dependencies import (
+    MAX_ID,
+    BuildId,
+    Caller,
+    CallerDependency,
+    SessionDependency,
+)
 from conda_store_server.server.pagination import PageArguments, page_arguments, paginate, visible_filter
 
 router = APIRouter(prefix="/api/v1")
@@ -168,7 +174,7 @@ def api_list_builds(
     status: BuildStatus | None = Query(None),
     packages: list[str] = Query([], description="The build contains all these packages"),
     artifact: BuildArtifactType | None = Query(None),
-    environment_id: int | None = Query(None, ge=0, le=2**62),
+    environment_id: int | None = Query(None, ge=0, le=MAX_ID),
     name: str | None = Query(None, max_length=255, description="Environment name"),
     namespace: str | None = Query(None, max_length=255),
     caller: Caller = CallerDependency,
@@ -241,7 +247,7 @@ def package_filters(query: Select, search: str | None, exact: str | None, build:
 
 @router.get("/build/{build_id}/packages/")
 def api_list_build_packages(
-    build_id: int,
+    build_id: BuildId,
     search: str | None = Query(None, max_length=255),
     exact: str | None = Query(None, max_length=16),
     build: str | None = Query(None, max_length=255),

@@ -18,6 +18,7 @@ from conda_store_server.db.models import BuildArtifactType, Namespace
 from conda_store_server.exception import NotFoundError
 from conda_store_server.server.auth import Permissions
 from conda_store_server.server.dependencies import (
+    BuildId,
     Caller,
     CallerDependency,
     SessionDependency,
@@ -195,7 +196,7 @@ def _readable_build(session: Session, caller: Caller, build_id: int, *permission
 
 @router.get("/build/{build_id}/")
 def api_get_build(
-    build_id: int, caller: Caller = CallerDependency, session: Session = SessionDependency
+    build_id: BuildId, caller: Caller = CallerDependency, session: Session = SessionDependency
 ) -> dict[str, Any]:
     build = _readable_build(session, caller, build_id)
     return ok(Build.of(build).model_dump(mode="json"))
@@ -203,7 +204,7 @@ def api_get_build(
 
 @router.put("/build/{build_id}/")
 def api_rebuild(
-    build_id: int,
+    build_id: BuildId,
     caller: Caller = CallerDependency,
     session: Session = SessionDependency,
     conda_store: CondaStore = StoreDependency,
@@ -215,7 +216,7 @@ def api_rebuild(
 
 @router.put("/build/{build_id}/cancel/")
 def api_cancel_build(
-    build_id: int, caller: Caller = CallerDependency, session: Session = SessionDependency
+    build_id: BuildId, caller: Caller = CallerDependency, session: Session = SessionDependency
 ) -> dict[str, Any]:
     _readable_build(session, caller, build_id, Permissions.BUILD_CANCEL)
     return {"status": "ok", "message": service.cancel_build(session, build_id)}
@@ -223,7 +224,7 @@ def api_cancel_build(
 
 @router.delete("/build/{build_id}/")
 def api_delete_build(
-    build_id: int,
+    build_id: BuildId,
     caller: Caller = CallerDependency,
     session: Session = SessionDependency,
     conda_store: CondaStore = StoreDependency,
@@ -262,7 +263,7 @@ ARTIFACT_PATHS: dict[str, tuple[str, ...]] = {
 
 def _artifact_route(kind: str) -> Any:
     def route(
-        build_id: int,
+        build_id: BuildId,
         caller: Caller = CallerDependency,
         session: Session = SessionDependency,
         conda_store: CondaStore = StoreDependency,

@@ -28,9 +28,9 @@ def live_server(
 ) -> Iterator[str]:
     """Serve the app in a thread of this process; yields its base URL (no trailing slash)."""
     port = free_port()
-    config = Config({**settings, "CondaStoreServer": server_settings or {}})
-    app = CondaStoreServer(config=config).create_app(conda_store)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    options = {**(server_settings or {}), "address": "127.0.0.1", "port": port, "log_level": "WARNING"}
+    application = CondaStoreServer(config=Config({**settings, "CondaStoreServer": options}))
+    server = uvicorn.Server(application.uvicorn_config(application.create_app(conda_store)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -160,14 +160,7 @@ class CondaStoreServer(BaseApplication):
         app = self.create_app(conda_store)
         worker = self.spawn_worker(conda_store) if self.standalone else None
         try:
-            uvicorn.run(
-                app,
-                host=self.address,
-                port=self.port,
-                log_level=self.log_level,
-                proxy_headers=self.behind_proxy,
-                forwarded_allow_ips="*" if self.behind_proxy else "127.0.0.1",
-            )
+            uvicorn.Server(self.uvicorn_config(app)).run()
         finally:
             if worker is not None:
                 worker.terminate()
@@ -175,6 +168,17 @@ class CondaStoreServer(BaseApplication):
                     worker.wait(timeout=15)
                 except subprocess.TimeoutExpired:
                     worker.kill()
+
+    def uvicorn_config(self, app: FastAPI) -> uvicorn.Config:
+        """Forwarded headers (X-Forwarded-For/-Proto) are trusted only behind a proxy."""
+        return uvicorn.Config(
+            app,
+            host=self.address,
+            port=self.port,
+            log_level=self.log_level,
+            proxy_headers=self.behind_proxy,
+            forwarded_allow_ips="*" if self.behind_proxy else None,
+        )
 
     def warn_if_insecure(self) -> None:
         if not issubclass(self.authentication_class, auth.DummyAuthentication):

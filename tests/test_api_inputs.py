@@ -170,3 +170,21 @@ def test_a_body_that_is_not_json_is_422_not_500(client) -> None:
 @pytest.mark.parametrize("path", ["/api/v1/build/9223372036854775808/", "/api/v1/build/2147483648/lockfile/"])
 def test_ids_beyond_the_database_range_are_422(client, path: str) -> None:
     assert client.get(path).status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/ui/lab/env", "/ui/lab/env"),
+        ("http://testserver/ui/", "http://testserver/ui/"),
+        ("https://evil.example/", "/"),
+        ("//evil.example/", "/"),
+        ("javascript:alert(1)", "/"),
+        ("environment::update", "/"),
+    ],
+)
+def test_login_and_logout_redirect_only_within_the_server(client, target: str, expected: str) -> None:
+    response = client.post("/login/", params={"next": target}, json={"username": "a", "password": "password"})
+    assert response.json()["data"]["redirect_url"] == expected
+    logout = client.post("/logout/", params={"next": target}, follow_redirects=False)
+    assert logout.status_code == 303 and logout.headers["location"] == expected

@@ -6,6 +6,7 @@ import ipaddress
 import os
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
-from jinja2 import Template
+from jinja2 import Environment
 from starlette.middleware.cors import CORSMiddleware
 from traitlets import Bool, Dict, Integer, List, TraitError, Type, Unicode, default, validate
 from traitlets.config import Config
@@ -279,8 +280,9 @@ def create_app(
         app.include_router(metrics_router(conda_store), prefix=prefix)
 
     @app.get(f"{prefix}/login/", response_class=HTMLResponse)
-    def login_page(next: str | None = None) -> HTMLResponse:
-        return HTMLResponse(Template(authentication.login_html).render(next=next, **server.template_vars))
+    def login_page(request: Request, next: str | None = None) -> HTMLResponse:
+        template = Environment(autoescape=True).from_string(authentication.login_html)
+        return HTMLResponse(template.render(next=safe_redirect(request, next, None), **server.template_vars))
 
     @app.post(f"{prefix}/login/")
     def login(body: Login, request: Request, next: str | None = None) -> JSONResponse:
@@ -289,7 +291,11 @@ def create_app(
             return _error(403, "Invalid authentication credentials")
         token = authentication.authentication.encrypt_token(entity)
         response = JSONResponse(
-            {"status": "ok", "data": {"redirect_url": next or f"{prefix}/"}, "message": None}
+            {
+                "status": "ok",
+                "data": {"redirect_url": safe_redirect(request, next, f"{prefix}/")},
+                "message": None,
+            }
         )
         response.set_cookie(
             authentication.cookie_name,
@@ -303,14 +309,29 @@ def create_app(
         return response
 
     @app.post(f"{prefix}/logout/")
-    def logout(next: str | None = None) -> RedirectResponse:
-        response = RedirectResponse(next or f"{prefix}/", status_code=303)
+    def logout(request: Request, next: str | None = None) -> RedirectResponse:
+        response = RedirectResponse(safe_redirect(request, next, f"{prefix}/"), status_code=303)
         response.delete_cookie(authentication.cookie_name, domain=authentication.cookie_domain, path="/")
         return response
 
     for path, method, function in server.additional_routes:
         app.add_api_route(f"{prefix}{path}", function, methods=[method.upper()])
     return app
+
+
+def safe_redirect(request: Request, target: str | None, default: str | None) -> str | None:
+    """`next` only within this server: a path, or an absolute URL on the host the request named.
+
+    The UI sends its own absolute URL; anything else would make login and logout open redirects.
+    """
+    if not target:
+        return default
+    url = urllib.parse.urlsplit(target)
+    if not url.scheme and not url.netloc:
+        return target if target.startswith("/") and not target.startswith("//") else default
+    if url.scheme in ("http", "https") and url.netloc == request.url.netloc:
+        return target
+    return default
 
 
 def _now() -> Any:

@@ -23,14 +23,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(
-    conda_store: CondaStore, settings: dict[str, Any], server_settings: dict[str, Any] | None = None
-) -> Iterator[str]:
-    """Serve the app in a thread of this process; yields its base URL (no trailing slash)."""
-    port = free_port()
-    options = {**(server_settings or {}), "address": "127.0.0.1", "port": port, "log_level": "WARNING"}
-    application = CondaStoreServer(config=Config({**settings, "CondaStoreServer": options}))
-    server = uvicorn.Server(application.uvicorn_config(application.create_app(conda_store)))
+def serve(config: uvicorn.Config) -> Iterator[str]:
+    """Run uvicorn in a thread of this process; yields its base URL (no trailing slash)."""
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -39,7 +34,19 @@ def live_server(
             raise RuntimeError("the live server did not start")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{config.host}:{config.port}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@contextmanager
+def live_server(
+    conda_store: CondaStore, settings: dict[str, Any], server_settings: dict[str, Any] | None = None
+) -> Iterator[str]:
+    """Serve the app in a thread of this process; yields its base URL (no trailing slash)."""
+    port = free_port()
+    options = {**(server_settings or {}), "address": "127.0.0.1", "port": port, "log_level": "WARNING"}
+    application = CondaStoreServer(config=Config({**settings, "CondaStoreServer": options}))
+    with serve(application.uvicorn_config(application.create_app(conda_store))) as url:
+        yield url

@@ -48,6 +48,9 @@ class CondaStoreServer(BaseApplication):
         auth.AuthenticationBackend,
         auth.RBACAuthorizationBackend,
         auth.DummyAuthentication,
+        auth.GenericOAuthAuthentication,
+        auth.GithubOAuthAuthentication,
+        auth.JupyterHubOAuthAuthentication,
     ]
 
     enable_ui = Bool(
@@ -279,34 +282,42 @@ def create_app(
 
         app.include_router(metrics_router(conda_store), prefix=prefix)
 
-    @app.get(f"{prefix}/login/", response_class=HTMLResponse)
-    def login_page(request: Request, next: str | None = None) -> HTMLResponse:
-        template = Environment(autoescape=True).from_string(authentication.login_html)
-        return HTMLResponse(template.render(next=safe_redirect(request, next, None), **server.template_vars))
+    if isinstance(authentication, auth.GenericOAuthAuthentication):
+        from conda_store_server.server.oauth import oauth_router
 
-    @app.post(f"{prefix}/login/")
-    def login(body: Login, request: Request, next: str | None = None) -> JSONResponse:
-        entity = authentication.authenticate(body.username, body.password)
-        if entity is None:
-            return _error(403, "Invalid authentication credentials")
-        token = authentication.authentication.encrypt_token(entity)
-        response = JSONResponse(
-            {
-                "status": "ok",
-                "data": {"redirect_url": safe_redirect(request, next, f"{prefix}/")},
-                "message": None,
-            }
-        )
-        response.set_cookie(
-            authentication.cookie_name,
-            token,
-            httponly=True,
-            samesite="strict",
-            max_age=int((entity.exp - _now()).total_seconds()),
-            domain=authentication.cookie_domain,
-            path="/",
-        )
-        return response
+        app.include_router(oauth_router(authentication, prefix, safe_redirect))
+    else:
+
+        @app.get(f"{prefix}/login/", response_class=HTMLResponse)
+        def login_page(request: Request, next: str | None = None) -> HTMLResponse:
+            template = Environment(autoescape=True).from_string(authentication.login_html)
+            return HTMLResponse(
+                template.render(next=safe_redirect(request, next, None), **server.template_vars)
+            )
+
+        @app.post(f"{prefix}/login/")
+        def login(body: Login, request: Request, next: str | None = None) -> JSONResponse:
+            entity = authentication.authenticate(body.username, body.password)
+            if entity is None:
+                return _error(403, "Invalid authentication credentials")
+            token = authentication.authentication.encrypt_token(entity)
+            response = JSONResponse(
+                {
+                    "status": "ok",
+                    "data": {"redirect_url": safe_redirect(request, next, f"{prefix}/")},
+                    "message": None,
+                }
+            )
+            response.set_cookie(
+                authentication.cookie_name,
+                token,
+                httponly=True,
+                samesite="strict",
+                max_age=int((entity.exp - _now()).total_seconds()),
+                domain=authentication.cookie_domain,
+                path="/",
+            )
+            return response
 
     @app.post(f"{prefix}/logout/")
     def logout(request: Request, next: str | None = None) -> RedirectResponse:

@@ -14,12 +14,14 @@ import enum
 import os
 import re
 import secrets
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import jwt
-from traitlets import Dict, Instance, Integer, TraitError, Type, Unicode, default, validate
+from traitlets import Bool, Dict, Instance, Integer, TraitError, Type, Unicode, default, observe, validate
 from traitlets.config import LoggingConfigurable
 
 from conda_store_server.app import conda_store_dir
@@ -353,6 +355,129 @@ class DummyAuthentication(Authentication):
         ):
             return None
         return AuthenticationToken(primary_namespace=username, role_bindings={"*/*": ["admin"]})
+
+
+class GenericOAuthAuthentication(Authentication):
+    """Log in through any OAuth 2 provider (authorization code flow).
+
+    Unlike upstream, where every OAuth user becomes an admin of everything, a user gets
+    `oauth_role_bindings` (admin of their own namespace by default) on top of the authenticated
+    defaults; grant more through namespace role mappings.
+    """
+
+    access_token_url = Unicode(config=True, help="URL that exchanges the authorization code for a token.")
+    authorize_url = Unicode(config=True, help="URL of the provider's authorization page.")
+    authorizie_url = Unicode(config=True, help="Alias of authorize_url (the spelling of conda-store's docs).")
+    client_id = Unicode(config=True, help="The app's client id at the provider.")
+    client_secret = Unicode(config=True, help="The app's client secret at the provider.")
+    access_scope = Unicode(config=True, help="Space-separated scopes to request, e.g. `profile`.")
+    user_data_url = Unicode(config=True, help="API URL that returns the user's data (JSON) for a token.")
+    user_data_key = Unicode(config=True, help="Key of the user name in the user_data_url payload.")
+    oauth_callback_url = Unicode(
+        config=True,
+        help="Callback URL registered at the provider. Default: `{url_prefix}/oauth_callback/` on the "
+        "host the request came to (set it behind a proxy that rewrites hosts).",
+    )
+    tls_verify = Bool(True, config=True, help="Verify the provider's TLS certificates.")
+    oauth_role_bindings = Dict(
+        {"{username}/*": ["admin"]},
+        config=True,
+        help="Role bindings of a user who logged in; `{username}` is replaced by their name.",
+    )
+
+    @observe("authorizie_url")
+    def _alias_authorize_url(self, change: dict[str, Any]) -> None:
+        self.authorize_url = change["new"]
+
+    def authorization_redirect(self, callback_url: str, state: str) -> str:
+        query = {
+            "client_id": self.client_id,
+            "redirect_uri": callback_url,
+            "response_type": "code",
+            "state": state,
+        }
+        if self.access_scope:
+            query["scope"] = self.access_scope
+        return f"{self.authorize_url}?{urllib.parse.urlencode(query)}"
+
+    def username_for_code(self, code: str, callback_url: str) -> str:
+        """Exchange the code, then ask the provider who the user is (blocking: run in a thread)."""
+        with httpx.Client(verify=self.tls_verify, timeout=30) as client:
+            response = client.post(
+                self.access_token_url,
+                data={
+                    "code": code,
+                    "grant_type": "authorization_code",
+                    "client_id": self.client_id,
+                    "client_secret": self.client_secret,
+                    "redirect_uri": callback_url,
+                },
+                headers={"Accept": "application/json"},
+            )
+            access_token = response.json().get("access_token") if response.is_success else None
+            if not access_token:
+                raise PermissionError(f"the OAuth provider refused the code ({response.status_code})")
+            user = client.get(self.user_data_url, headers={"Authorization": f"Bearer {access_token}"})
+            username = user.json().get(self.user_data_key) if user.is_success else None
+        if not isinstance(username, str) or not username:
+            raise PermissionError(f"the OAuth provider returned no {self.user_data_key!r} for the user")
+        return username
+
+    def entity_for(self, username: str) -> AuthenticationToken:
+        bindings = {
+            arn.replace("{username}", username): list(roles)
+            for arn, roles in self.oauth_role_bindings.items()
+        }
+        return AuthenticationToken(primary_namespace=username, role_bindings=bindings)
+
+
+class GithubOAuthAuthentication(GenericOAuthAuthentication):
+    github_url = Unicode("https://github.com", config=True, help="URL of GitHub (or GitHub Enterprise).")
+    github_api = Unicode("https://api.github.com", config=True, help="URL of GitHub's REST API.")
+
+    @default("access_token_url")
+    def _default_access_token_url(self) -> str:
+        return f"{self.github_url}/login/oauth/access_token"
+
+    @default("authorize_url")
+    def _default_authorize_url(self) -> str:
+        return f"{self.github_url}/login/oauth/authorize"
+
+    @default("access_scope")
+    def _default_access_scope(self) -> str:
+        return "user:email"
+
+    @default("user_data_url")
+    def _default_user_data_url(self) -> str:
+        return f"{self.github_api}/user"
+
+    @default("user_data_key")
+    def _default_user_data_key(self) -> str:
+        return "login"
+
+
+class JupyterHubOAuthAuthentication(GenericOAuthAuthentication):
+    jupyterhub_url = Unicode(config=True, help="URL of JupyterHub, without /hub/.")
+
+    @default("access_token_url")
+    def _default_access_token_url(self) -> str:
+        return f"{self.jupyterhub_url}/hub/api/oauth2/token"
+
+    @default("authorize_url")
+    def _default_authorize_url(self) -> str:
+        return f"{self.jupyterhub_url}/hub/api/oauth2/authorize"
+
+    @default("access_scope")
+    def _default_access_scope(self) -> str:
+        return "profile"
+
+    @default("user_data_url")
+    def _default_user_data_url(self) -> str:
+        return f"{self.jupyterhub_url}/hub/api/user"
+
+    @default("user_data_key")
+    def _default_user_data_key(self) -> str:
+        return "name"
 
 
 LOGIN_FORM = """<!DOCTYPE html>

@@ -56,8 +56,8 @@ class CondaStoreServer(BaseApplication):
     enable_ui = Bool(
         True,
         config=True,
-        help="Serve the browser UI under {url_prefix}/ui. The UI routes are not part of this "
-        "release yet; login and logout are served either way.",
+        help="Serve the browser UI (conda-store's React app, fetched by scripts/fetch-ui) under "
+        "{url_prefix}/ui, and redirect / there; login and logout are served either way.",
     )
     enable_api = Bool(True, config=True, help="Serve the REST API under {url_prefix}/api/v1.")
     enable_registry = Bool(
@@ -281,6 +281,12 @@ def create_app(
         from conda_store_server.server.metrics import metrics_router
 
         app.include_router(metrics_router(conda_store), prefix=prefix)
+
+    if server.enable_ui:
+        from conda_store_server.server.ui import static_files, ui_router
+
+        app.include_router(ui_router(prefix))
+        app.mount(f"{prefix}/static", static_files(), name="static")
 
     if isinstance(authentication, auth.GenericOAuthAuthentication):
         from conda_store_server.server.oauth import oauth_router

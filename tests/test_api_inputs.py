@@ -188,3 +188,17 @@ def test_login_and_logout_redirect_only_within_the_server(client, target: str, e
     assert response.json()["data"]["redirect_url"] == expected
     logout = client.post("/logout/", params={"next": target}, follow_redirects=False)
     assert logout.status_code == 303 and logout.headers["location"] == expected
+
+
+def test_installer_and_docker_routes_answer_for_builds_without_them(client, worker) -> None:
+    login(client)
+    build_id = submit(client, "name: plain\ndependencies: [python]\n")
+    assert wait_for_build(client, build_id)["status"] == "COMPLETED"
+    installer = client.get(f"/api/v1/build/{build_id}/installer/")
+    assert installer.status_code == 400
+    assert installer.json()["message"] == f"Build {build_id} doesn't have an installer"
+    docker = client.get(f"/api/v1/build/{build_id}/docker/")
+    assert docker.status_code == 400
+    assert docker.json()["message"] == f"Build {build_id} doesn't have a docker manifest"
+    client.cookies.clear()
+    assert client.get(f"/api/v1/build/{build_id}/docker/").status_code == 403

@@ -155,7 +155,16 @@ for _path in ("lockfile/", "conda-lock.yml", "conda-lock.yaml"):
         {},
         None,
     )
-for _path in ("logs/", "yaml/", "lockfile/", "conda-lock.yml", "conda-lock.yaml", "archive/"):
+for _path in (
+    "logs/",
+    "yaml/",
+    "lockfile/",
+    "conda-lock.yml",
+    "conda-lock.yaml",
+    "archive/",
+    "installer/",
+    "docker/",
+):
     TABLE[("GET", f"/api/v1/build/{{build_id}}/{_path}")] = ("lab/env", {"environment::read"}, {}, {}, None)
 
 # persona -> (token bindings, primary namespace, permissions on lab and lab/*, on anything else)

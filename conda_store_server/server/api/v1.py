@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from conda_store_server import __version__, service
 from conda_store_server.app import CondaStore
+from conda_store_server.build.keys import build_key, identity_of
 from conda_store_server.db.models import BuildArtifactType, Namespace
 from conda_store_server.exception import NotFoundError
+from conda_store_server.server.api.listing import DEPRECATION_HEADERS
 from conda_store_server.server.auth import Permissions
 from conda_store_server.server.dependencies import (
     BuildId,
@@ -39,6 +41,7 @@ ARTIFACT_ROUTES: dict[str, tuple[BuildArtifactType, str]] = {
     "yaml": (BuildArtifactType.YAML, "text/yaml; charset=utf-8"),
     "lockfile": (BuildArtifactType.LOCKFILE, "application/json"),
     "archive": (BuildArtifactType.CONDA_PACK, "application/gzip"),
+    "installer": (BuildArtifactType.CONSTRUCTOR_INSTALLER, "application/octet-stream"),
 }
 
 
@@ -241,6 +244,8 @@ def _artifact_response(
     artifact_type, media_type = ARTIFACT_ROUTES[kind]
     artifact = next((a for a in build.build_artifacts if a.artifact_type == artifact_type), None)
     if artifact is None:
+        if kind == "installer":  # upstream's message and status
+            raise HTTPException(400, f"Build {build_id} doesn't have an installer")
         raise HTTPException(404, f"build {build_id} has no {artifact_type.value} artifact")
     url = conda_store.storage.get_url(artifact.key)
     if url is not None:
@@ -258,6 +263,7 @@ ARTIFACT_PATHS: dict[str, tuple[str, ...]] = {
     "yaml": ("yaml/",),
     "lockfile": ("lockfile/", "conda-lock.yml", "conda-lock.yaml"),
     "archive": ("archive/",),
+    "installer": ("installer/",),
 }
 
 
@@ -279,3 +285,20 @@ for _kind, _paths in ARTIFACT_PATHS.items():
         router.add_api_route(
             f"/build/{{build_id}}/{_path}", _artifact_route(_kind), methods=["GET"], response_class=Response
         )
+
+
+@router.get("/build/{build_id}/docker/", response_class=PlainTextResponse, deprecated=True)
+def api_build_docker(
+    build_id: BuildId,
+    request: Request,
+    caller: Caller = CallerDependency,
+    session: Session = SessionDependency,
+) -> PlainTextResponse:
+    """The image reference of a build's container image (deprecated upstream, kept for clients)."""
+    build = _readable_build(session, caller, build_id)
+    if not any(a.artifact_type == BuildArtifactType.DOCKER_MANIFEST for a in build.build_artifacts):
+        raise HTTPException(400, f"Build {build_id} doesn't have a docker manifest")
+    environment = build.environment
+    registry = request.app.state.server.registry_external_url
+    reference = f"{registry}/{environment.namespace.name}/{environment.name}:{build_key(identity_of(build))}"
+    return PlainTextResponse(reference, headers=DEPRECATION_HEADERS)

@@ -176,3 +176,12 @@ def test_packages_of_a_build_and_package_search(client: TestClient, worker) -> N
     # anonymous cannot read alice's build packages
     client.cookies.clear()
     assert client.get(f"/api/v1/build/{build_id}/packages/").status_code == 403
+
+
+def test_list_items_have_the_shape_of_a_single_environment(client: TestClient, many: list[str]) -> None:
+    login(client)
+    listed = client.get("/api/v1/environment/", params={"namespace": "other", "name": "beta"}).json()["data"]
+    single = client.get("/api/v1/environment/other/beta/").json()["data"]
+    assert listed == [single]
+    v2 = client.get("/api/v2/environment/", params={"namespace": "other", "name": "beta"}).json()["data"]
+    assert v2 == [{key: value for key, value in single.items() if key != "current_build"}]

@@ -13,8 +13,12 @@ from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
 from conda_store_server.db.models import Environment
-from conda_store_server.server import schema
-from conda_store_server.server.api.listing import ENVIRONMENT_SORT, EnvironmentFilters, environment_query
+from conda_store_server.server.api.listing import (
+    ENVIRONMENT_SORT,
+    EnvironmentFilters,
+    environment_query,
+    environments_json,
+)
 from conda_store_server.server.dependencies import Caller, CallerDependency, SessionDependency
 
 router = APIRouter(prefix="/api/v2")
@@ -89,7 +93,7 @@ def api_list_environments_v2(
         next_cursor = {"last_id": last.id, "last_value": {key: values_of[key] for key in keys}}
     else:
         next_cursor = END_CURSOR
-    data = [schema.Environment.of(e).model_dump(mode="json", exclude={"current_build"}) for e in rows]
+    data = environments_json(rows, with_current_build=False)
     return {
         "data": data,
         "status": "ok",

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import JSONResponse
 from sqlalchemy import Select, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased, contains_eager, joinedload
 
@@ -41,8 +42,10 @@ Page = Depends(page_arguments)
 DEPRECATION_HEADERS = {"Deprecation": "True", "Sunset": "Mon, 17 Mar 2025 00:00:00 UTC"}
 
 
-def ok_page(data: list[Any], fields: dict[str, Any]) -> dict[str, Any]:
-    return {"status": "ok", "data": data, "message": None, **fields}
+def ok_page(data: list[Any], fields: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    """Items are JSON-ready already: returning the response skips FastAPI's re-encoding of every
+    item, a large share of a page's CPU."""
+    return JSONResponse({"status": "ok", "data": data, "message": None, **fields}, headers=headers)
 
 
 def token_bindings(caller: Caller, jwt: str | None) -> list[dict[str, Any]]:
@@ -170,18 +173,16 @@ ENVIRONMENT_SORT = {"namespace": Namespace.name, "name": Environment.name}
 
 @router.get("/environment/")
 def api_list_environments(
-    response: Response,
     filters: EnvironmentFilters = Depends(),
     caller: Caller = CallerDependency,
     session: Session = SessionDependency,
     arguments: PageArguments = Page,
-) -> dict[str, Any]:
-    response.headers.update(DEPRECATION_HEADERS)
+) -> JSONResponse:
     query = environment_query(caller, filters)
     rows, fields = paginate(
         session, query, arguments, ENVIRONMENT_SORT, ["namespace", "name"], Environment.id
     )
-    return ok_page(environments_json(rows), fields)
+    return ok_page(environments_json(rows), fields, DEPRECATION_HEADERS)
 
 
 # ------------------------------------------------------------------------------ builds
@@ -204,7 +205,7 @@ def api_list_builds(
     caller: Caller = CallerDependency,
     session: Session = SessionDependency,
     arguments: PageArguments = Page,
-) -> dict[str, Any]:
+) -> JSONResponse:
     query = (
         select(Build)
         .join(Build.environment)
@@ -278,7 +279,7 @@ def api_list_build_packages(
     caller: Caller = CallerDependency,
     session: Session = SessionDependency,
     arguments: PageArguments = Page,
-) -> dict[str, Any]:
+) -> JSONResponse:
     record = service.get_build(session, build_id)
     caller.require(
         f"{record.environment.namespace.name}/{record.environment.name}", Permissions.ENVIRONMENT_READ
@@ -308,9 +309,7 @@ def api_list_build_packages(
 
 
 @router.get("/channel/")
-def api_list_channels(
-    session: Session = SessionDependency, arguments: PageArguments = Page
-) -> dict[str, Any]:
+def api_list_channels(session: Session = SessionDependency, arguments: PageArguments = Page) -> JSONResponse:
     query = select(CondaChannel)
     rows, fields = paginate(session, query, arguments, {"name": CondaChannel.name}, ["name"], CondaChannel.id)
     return ok_page([channel_json(c) for c in rows], fields)
@@ -324,7 +323,7 @@ def api_list_packages(
     distinct_on: list[str] = Query([], description="channel, name and/or version: one row per value"),
     session: Session = SessionDependency,
     arguments: PageArguments = Page,
-) -> dict[str, Any]:
+) -> JSONResponse:
     unknown = [key for key in distinct_on if key not in PACKAGE_SORT]
     if unknown:
         raise HTTPException(400, f"Cannot use distinct_on {unknown}. Valid values are {sorted(PACKAGE_SORT)}")

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
@@ -65,7 +66,7 @@ def api_list_environments_v2(
     cursor: str | None = Query(None, max_length=4096),
     caller: Caller = CallerDependency,
     session: Session = SessionDependency,
-) -> dict[str, Any]:
+) -> JSONResponse:
     keys = [key for value in sort_by for key in value.split(",") if key]
     unknown = [key for key in keys if key not in ENVIRONMENT_SORT]
     if unknown:
@@ -94,10 +95,11 @@ def api_list_environments_v2(
     else:
         next_cursor = END_CURSOR
     data = environments_json(rows, with_current_build=False)
-    return {
+    body = {
         "data": data,
         "status": "ok",
         "message": None,
         "cursor": encode_cursor(next_cursor),
         "count": count,
     }
+    return JSONResponse(body)

@@ -202,3 +202,13 @@ def test_installer_and_docker_routes_answer_for_builds_without_them(client, work
     assert docker.json()["message"] == f"Build {build_id} doesn't have a docker manifest"
     client.cookies.clear()
     assert client.get(f"/api/v1/build/{build_id}/docker/").status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("path", "toggled"),
+    [("/api/v1/environment/", "/api/v1/environment"), ("/api/v1/permission/", "/api/v1/permission")],
+)
+def test_unslashed_paths_redirect_to_the_slashed_routes(client, path: str, toggled: str) -> None:
+    response = client.get(toggled, follow_redirects=False)
+    assert response.status_code == 307 and response.headers["location"].endswith(path)
+    assert client.get(toggled).status_code == 200

@@ -23,6 +23,7 @@ from conda_store_server.app import CondaStore
 from conda_store_server.application import BaseApplication
 from conda_store_server.exception import CondaStoreError, ConflictError, NotFoundError
 from conda_store_server.server import auth
+from conda_store_server.server.middleware import RequestGuard
 from conda_store_server.server.schema import Login
 from conda_store_server.storage import LocalStorage, S3Storage
 
@@ -245,21 +246,7 @@ def create_app(
         allow_headers=["*"],
     )
 
-    @app.middleware("http")
-    async def limit_body_size(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return _error(413, f"request body larger than {MAX_BODY_BYTES} bytes")
-        return await call_next(request)
-
-    @app.middleware("http")
-    async def drop_slash_after_query(request: Request, call_next: Any) -> Any:
-        # The official client appends "/" to whole URLs, query included (`?packages=python/`);
-        # no filter value ends with "/" (names cannot hold one), so the slash is the client's.
-        query = request.scope.get("query_string", b"")
-        if query.endswith(b"/"):
-            request.scope["query_string"] = query.rstrip(b"/")
-        return await call_next(request)
+    app.add_middleware(RequestGuard, max_body_bytes=MAX_BODY_BYTES)
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, error: HTTPException) -> JSONResponse:

@@ -74,6 +74,7 @@ def store_settings(tmp_path: Path, database_url: str, demo_channel: Path) -> dic
             "conda_default_channels": [demo_channel.as_uri()],
             "storage_threshold": 0,
             "build_artifacts": ["LOCKFILE", "YAML", "CONDA_PACK"],
+            "conda_indexed_channels": [],  # no network here; tests that index set their own
         },
         "LocalStorage": {"storage_path": str(tmp_path / "storage")},
         "AuthenticationBackend": {"secret": "test-secret-" + "0123456789abcdef" * 3},

@@ -241,7 +241,7 @@ PACKAGE_KEY = ("channel_id", "name", "version")
 PACKAGE_BUILD_KEY = ("channel_id", "package_id", "subdir", "build", "build_number", "sha256")
 
 
-def _existing_or_created(
+def existing_or_created(
     session: Session,
     model: type,
     natural_key: tuple[str, ...],
@@ -286,7 +286,7 @@ def _record_packages(
     assert build is not None
 
     channel_names = {_channel_of(record) for record in records}
-    channels = _existing_or_created(
+    channels = existing_or_created(
         session,
         CondaChannel,
         CHANNEL_KEY,
@@ -320,7 +320,7 @@ def _record_packages(
             CondaPackage.channel_id.in_({channel.id for channel in channels.values()}),
         )
     )
-    packages = _existing_or_created(
+    packages = existing_or_created(
         session,
         CondaPackage,
         PACKAGE_KEY,
@@ -352,7 +352,7 @@ def _record_packages(
             CondaPackageBuild.sha256.in_({values["sha256"] for values in wanted_builds.values()})
         )
     )
-    package_builds = _existing_or_created(
+    package_builds = existing_or_created(
         session,
         CondaPackageBuild,
         PACKAGE_BUILD_KEY,

@@ -292,3 +292,12 @@ class Worker(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     initialized: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class PeriodicTask(Base):
+    """When each scheduled task may next run (ours): the claim that makes it run once."""
+
+    __tablename__ = "periodic_task"
+
+    name: Mapped[str] = mapped_column(Unicode(64), primary_key=True)
+    next_run_at: Mapped[datetime.datetime] = mapped_column(DateTime)

@@ -142,12 +142,15 @@ class CondaStoreServer(BaseApplication):
         channel = Path(conda_store.store_directory) / "demo-channel"
         if not (channel / "noarch" / "repodata.json").exists():
             build_demo_channel(channel)
-        if "conda_default_channels" not in self.config.get("CondaStore", {}):
+        configured = self.config.get("CondaStore", {})
+        if "conda_default_channels" not in configured:
             conda_store.conda_default_channels = [channel.as_uri()]
             self.log.info(
                 "standalone: environments without channels use the demo channel %s",
                 channel.as_uri(),
             )
+        if "conda_indexed_channels" not in configured:
+            conda_store.conda_indexed_channels = [channel.as_uri()]  # package search works offline
 
     def create_app(self, conda_store: CondaStore | None = None) -> FastAPI:
         conda_store = conda_store or self.make_conda_store()
@@ -209,9 +212,9 @@ class CondaStoreServer(BaseApplication):
             *self.command_line_arguments(),
             "--CondaStoreWorker.stop_with_parent=True",
         ]
-        if "conda_default_channels" not in self.config.get("CondaStore", {}):
-            channels = conda_store.conda_default_channels
-            arguments.append(f"--CondaStore.conda_default_channels={channels!r}")
+        for option in ("conda_default_channels", "conda_indexed_channels"):
+            if option not in self.config.get("CondaStore", {}):
+                arguments.append(f"--CondaStore.{option}={getattr(conda_store, option)!r}")
         self.log.info("standalone: starting worker: %s", " ".join(arguments[1:]))
         return subprocess.Popen(arguments)
 

@@ -26,6 +26,7 @@ from sqlalchemy import select, update
 
 from conda_store_server.build.keys import artifact_key, build_key, identity_of
 from conda_store_server.db.models import Build, BuildStatus, utcnow
+from conda_store_server.periodic import claim_run
 from conda_store_server.service import get_build, kept_artifacts, purge_build_files
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL_SECONDS = 2.0
 STALE_AFTER_SECONDS = 15.0
 KILL_GRACE_SECONDS = 3.0
+INDEX_CHANNELS_EVERY_SECONDS = 3600.0
 PR_SET_PDEATHSIG = 1
 
 
@@ -69,6 +71,7 @@ class Supervisor:
         self.running: dict[int, RunningBuild] = {}
         self._last_heartbeat = 0.0
         self._context = multiprocessing.get_context("fork")
+        self._indexer: BaseProcess | None = None
 
     # ------------------------------------------------------------------ the loop
     def run(self, should_stop: Callable[[], bool]) -> None:
@@ -85,6 +88,7 @@ class Supervisor:
             self._last_heartbeat = now
             self._heartbeat()
             recover_stale_builds(self.conda_store)
+            self._index_channels_when_due()
         self._enforce_limits()
         self._check_requests()
         while len(self.running) < self.concurrency:
@@ -101,6 +105,9 @@ class Supervisor:
                 "the worker running this build was shut down; rebuild the environment",
             )
             _kill(running)
+        if self._indexer is not None and self._indexer.is_alive():
+            self._indexer.terminate()
+            self._indexer.join(KILL_GRACE_SECONDS)
         deadline = time.monotonic() + KILL_GRACE_SECONDS * 2
         while self.running and time.monotonic() < deadline:
             self._reap()
@@ -181,6 +188,23 @@ class Supervisor:
             if running.stopping_reason is None and (cancel_requested_on or deleted_on):
                 running.stopping_reason = (BuildStatus.CANCELED, "canceled by request")
                 _kill(running)
+
+    def _index_channels_when_due(self) -> None:
+        """Once per period for the whole deployment, in a child: this process never runs rattler."""
+        if self._indexer is not None:
+            if self._indexer.is_alive():
+                return
+            self._indexer.join()
+            self._indexer = None
+        if not self.conda_store.conda_indexed_channels:
+            return
+        with self.conda_store.session() as session:
+            due = claim_run(session, "index-channels", INDEX_CHANNELS_EVERY_SECONDS)
+        if due:
+            self._indexer = self._context.Process(
+                target=_index_child_main, args=(self.conda_store,), name="index-channels", daemon=False
+            )
+            self._indexer.start()
 
     def _reap(self) -> None:
         for build_id, running in list(self.running.items()):
@@ -292,6 +316,23 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
         libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def _index_child_main(conda_store: CondaStore) -> None:
+    die_with_parent()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    conda_store.dispose()
+    from conda_store_server.periodic.channels import index_channels
+
+    code = 0
+    try:
+        index_channels(conda_store)
+    except BaseException:
+        log.exception("indexing the channels failed")
+        code = 1
+    finally:
+        logging.shutdown()
+    os._exit(code)  # as a build child: rattler's runtime threads must not be finalized
 
 
 def _child_main(conda_store: CondaStore, build_id: int) -> None:

@@ -1,0 +1,80 @@
+"""Scheduled work: claimed once per period across workers; channel indexing, incremental."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import event, func, select
+
+from conda_store_server.db.models import CondaChannel, CondaPackage, CondaPackageBuild
+from conda_store_server.periodic import claim_run
+from conda_store_server.periodic.channels import index_channels
+
+
+def test_a_period_is_claimed_once(conda_store) -> None:
+    with conda_store.session() as first:
+        assert claim_run(first, "job", 3600) is True
+    with conda_store.session() as session:
+        assert claim_run(session, "job", 3600) is False
+        assert claim_run(session, "other-job", 3600) is True
+    with conda_store.session() as session:
+        assert claim_run(session, "now-again", 0) is True
+        assert claim_run(session, "now-again", 0) is True  # a zero period is always due
+
+
+@pytest.fixture
+def store_settings(store_settings, demo_channel, tmp_path):
+    store_settings["CondaStore"]["conda_indexed_channels"] = [
+        demo_channel.as_uri(),
+        (tmp_path / "missing-channel").as_uri(),
+    ]
+    return store_settings
+
+
+def counts(conda_store) -> tuple[int, int, int]:
+    with conda_store.session() as session:
+        return tuple(
+            session.scalar(select(func.count()).select_from(model))
+            for model in (CondaChannel, CondaPackage, CondaPackageBuild)
+        )
+
+
+def test_indexing_adds_the_channel_once(conda_store, demo_channel, caplog, client) -> None:
+    caplog.set_level("WARNING")
+    index_channels(conda_store)
+    channels, packages, builds = counts(conda_store)
+    assert channels == 1 and packages >= 10 and builds >= packages
+    assert "missing-channel" in caplog.text  # the unreachable channel is named, the other indexed
+    with conda_store.session() as session:
+        hello = session.scalars(select(CondaPackage).where(CondaPackage.name == "hello-py")).all()
+        assert sorted(p.version for p in hello) == ["1.0.0", "1.1.0"]
+        channel = session.scalars(select(CondaChannel)).one()
+        assert channel.name == demo_channel.as_uri() and channel.last_update is not None
+
+    inserts: list[str] = []
+
+    def count_inserts(_conn, _cursor, statement, *_args) -> None:
+        if statement.lstrip().upper().startswith("INSERT"):
+            inserts.append(statement)
+
+    event.listen(conda_store.engine, "before_cursor_execute", count_inserts)
+    try:
+        index_channels(conda_store)
+    finally:
+        event.remove(conda_store.engine, "before_cursor_execute", count_inserts)
+    assert counts(conda_store) == (channels, packages, builds)
+    assert inserts == []
+
+    found = client.get("/api/v1/package/", params={"search": "hello-py"}).json()["data"]
+    assert {p["version"] for p in found} == {"1.0.0", "1.1.0"}
+
+
+def test_a_worker_indexes_the_channels(conda_store, worker, demo_channel) -> None:
+    import time
+
+    deadline = time.monotonic() + 60
+    while counts(conda_store)[2] == 0:
+        assert time.monotonic() < deadline, worker.output()
+        time.sleep(0.2)
+    with conda_store.session() as session:
+        names = set(session.scalars(select(CondaPackage.name)))
+    assert {"hello-py", "python", "tinylib"} <= names

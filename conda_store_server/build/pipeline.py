@@ -236,6 +236,23 @@ def _about(prefix: str, record: rattler.RepoDataRecord) -> dict[str, Any]:
         return {}
 
 
+def package_build_values(record: rattler.RepoDataRecord, channel_id: int, package_id: int) -> dict[str, Any]:
+    """A CondaPackageBuild row of a record (shared by builds and channel indexing: one row each)."""
+    return {
+        "channel_id": channel_id,
+        "package_id": package_id,
+        "subdir": record.subdir,
+        "build": str(record.build),
+        "build_number": record.build_number,
+        "sha256": record.sha256.hex() if record.sha256 else "",
+        "depends": list(record.depends),
+        "constrains": list(record.constrains),
+        "md5": record.md5.hex() if record.md5 else "",
+        "size": record.size or 0,
+        "timestamp": int(record.timestamp.timestamp() * 1000) if record.timestamp else None,
+    }
+
+
 CHANNEL_KEY = ("name",)
 PACKAGE_KEY = ("channel_id", "name", "version")
 PACKAGE_BUILD_KEY = ("channel_id", "package_id", "subdir", "build", "build_number", "sha256")
@@ -329,19 +346,7 @@ def _record_packages(
     )
 
     def build_values(record: rattler.RepoDataRecord) -> dict[str, Any]:
-        return {
-            "channel_id": channel_of[id(record)].id,
-            "package_id": packages[package_key(record)].id,
-            "subdir": record.subdir,
-            "build": str(record.build),
-            "build_number": record.build_number,
-            "sha256": record.sha256.hex() if record.sha256 else "",
-            "depends": list(record.depends),
-            "constrains": list(record.constrains),
-            "md5": record.md5.hex() if record.md5 else "",
-            "size": record.size or 0,
-            "timestamp": int(record.timestamp.timestamp() * 1000) if record.timestamp else None,
-        }
+        return package_build_values(record, channel_of[id(record)].id, packages[package_key(record)].id)
 
     wanted_builds = {}
     for record in records:

@@ -22,6 +22,7 @@ from conda_store_server.build.pipeline import (
     PACKAGE_BUILD_KEY,
     PACKAGE_KEY,
     existing_or_created,
+    package_build_values,
 )
 from conda_store_server.build.solve import channel_url
 from conda_store_server.db.models import CondaChannel, CondaPackage, CondaPackageBuild, utcnow
@@ -102,19 +103,8 @@ def _store(session: Session, channel_name: str, records: list[rattler.RepoDataRe
         session.flush()
         wanted_builds: dict[tuple, dict[str, Any]] = {}
         for record in new:
-            values = {
-                "channel_id": channel.id,
-                "package_id": packages[(channel.id, record.name.normalized, str(record.version))].id,
-                "subdir": record.subdir,
-                "build": str(record.build),
-                "build_number": record.build_number,
-                "sha256": record.sha256.hex(),
-                "depends": list(record.depends),
-                "constrains": list(record.constrains),
-                "md5": record.md5.hex() if record.md5 else "",
-                "size": record.size or 0,
-                "timestamp": int(record.timestamp.timestamp() * 1000) if record.timestamp else None,
-            }
+            package = packages[(channel.id, record.name.normalized, str(record.version))]
+            values = package_build_values(record, channel.id, package.id)
             wanted_builds[tuple(values[k] for k in PACKAGE_BUILD_KEY)] = values
         existing_or_created(session, CondaPackageBuild, PACKAGE_BUILD_KEY, {}, wanted_builds)
     channel.last_update = utcnow()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from sqlalchemy import event, func, select
 
@@ -69,8 +71,6 @@ def test_indexing_adds_the_channel_once(conda_store, demo_channel, caplog, clien
 
 
 def test_a_worker_indexes_the_channels(conda_store, worker, demo_channel) -> None:
-    import time
-
     deadline = time.monotonic() + 60
     while counts(conda_store)[2] == 0:
         assert time.monotonic() < deadline, worker.output()

@@ -33,6 +33,7 @@ from traitlets.config import LoggingConfigurable
 from conda_store_server.exception import CondaStoreError
 
 if TYPE_CHECKING:
+    from celery import Celery
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
@@ -442,9 +443,30 @@ class CondaStore(LoggingConfigurable):
 
     @functools.cached_property
     def session_factory(self) -> sessionmaker[Session]:
+        from sqlalchemy import event
+
         from conda_store_server.db.session import create_session_factory
 
-        return create_session_factory(self.engine)
+        factory = create_session_factory(self.engine)
+        event.listen(factory, "after_commit", self._dispatch_committed_builds)
+        event.listen(factory, "after_soft_rollback", _forget_queued_builds)
+        return factory
+
+    def _dispatch_committed_builds(self, session: Session) -> None:
+        """A build is announced to the workers only once it is committed, so they can claim it."""
+        from conda_store_server.db.session import QUEUED_BUILDS
+
+        build_ids = session.info.pop(QUEUED_BUILDS, None)
+        if build_ids:
+            from conda_store_server.worker.queue import dispatch_builds
+
+            dispatch_builds(self, build_ids)
+
+    @functools.cached_property
+    def celery_app(self) -> Celery:
+        from conda_store_server.worker.queue import make_celery
+
+        return make_celery(self)
 
     def session(self) -> Any:
         """A context-managed unit of work (commit on success, rollback on error)."""
@@ -478,17 +500,31 @@ class CondaStore(LoggingConfigurable):
             )
 
     def dispose(self) -> None:
-        """Forget connections (after fork, or at shutdown) so no socket is shared between processes."""
+        """Forget connections (after fork, or at shutdown) so no socket or lock is shared.
+
+        A build child is forked from a worker whose other threads may hold a client's lock at
+        that instant; new clients are made on first use in the child.
+        """
         if "engine" in self.__dict__:
             self.engine.dispose(close=False)
             del self.__dict__["engine"]
             self.__dict__.pop("session_factory", None)
+        self.__dict__.pop("storage", None)
+        self.__dict__.pop("celery_app", None)
 
     def call_validate_specification(self, namespace: str, specification: Any, settings: Any) -> Any:
         return _call_flexible(self.validate_specification, self, namespace, specification, settings)
 
     def call_validate_action(self, namespace: str, action: str) -> None:
         self.validate_action(self, namespace, action)
+
+
+def _forget_queued_builds(session: Session, previous_transaction: Any) -> None:
+    """Builds of a rolled-back transaction never existed; a savepoint's rollback keeps the rest."""
+    if previous_transaction.parent is None:
+        from conda_store_server.db.session import QUEUED_BUILDS
+
+        session.info.pop(QUEUED_BUILDS, None)
 
 
 def _call_flexible(func: Callable[..., Any], *args: Any) -> Any:

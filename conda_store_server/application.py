@@ -85,7 +85,13 @@ class BaseApplication(Application):
     def command_line_arguments(self) -> list[str]:
         """Arguments that reproduce this application's configuration in a child command."""
         arguments = [f"--config={os.path.abspath(self.config_file)}"] if self.config_file else []
-        arguments.extend(a for a in self.extra_args_given if a.startswith("--") and "=" in a)
+        arguments.extend(
+            a
+            for a in self.extra_args_given
+            if a.startswith("--")
+            and "=" in a
+            and not a.startswith(("--config=", "--BaseApplication.config_file="))
+        )
         return arguments
 
     @property

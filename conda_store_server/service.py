@@ -31,6 +31,7 @@ from conda_store_server.db.models import (
     Specification,
     utcnow,
 )
+from conda_store_server.db.session import QUEUED_BUILDS
 from conda_store_server.exception import (
     CondaStoreError,
     ConflictError,
@@ -161,8 +162,8 @@ def register_environment(
 ) -> Build | None:
     """Create (or update) an environment from a specification and queue its build.
 
-    With force=False an unchanged specification already built in this namespace queues nothing
-    (watch_paths uses this so that unchanged files are not rebuilt).
+    With force=False a specification equal to that of the environment's latest build queues
+    nothing (watch_paths uses this so that unchanged files are not rebuilt).
     """
     check_name("namespace", namespace_name)
     check_name("environment", specification.name)
@@ -170,19 +171,21 @@ def register_environment(
     specification = prepare_specification(session, conda_store, namespace_name, specification)
 
     if not force:
-        existing = session.scalar(
-            select(Build.id)
+        latest_sha256 = session.scalar(
+            select(Specification.sha256)
+            .join(Build, Build.specification_id == Specification.id)
             .join(Environment, Build.environment_id == Environment.id)
             .join(Namespace)
-            .join(Specification, Build.specification_id == Specification.id)
             .where(
                 Namespace.name == namespace_name,
-                Specification.sha256 == specification_hash(specification),
+                Environment.name == specification.name,
+                Environment.deleted_on.is_(None),
                 Build.deleted_on.is_(None),
             )
+            .order_by(Build.id.desc())
             .limit(1)
         )
-        if existing is not None:
+        if latest_sha256 == specification_hash(specification):
             return None
 
     namespace = ensure_namespace(session, namespace_name)
@@ -230,6 +233,7 @@ def create_build(
         )
     )
     session.flush()
+    session.info.setdefault(QUEUED_BUILDS, []).append(build.id)
     return build
 
 

@@ -6,6 +6,7 @@ Services are never silently skipped in CI: with CI=true a missing PostgreSQL fai
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,8 @@ from conda_store_server.server.app import CondaStoreServer
 from conda_store_server.testing.channel import build_demo_channel
 
 POSTGRES_URL = os.environ.get("CONDA_STORE_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432")
+REDIS_URL = os.environ.get("CONDA_STORE_TEST_REDIS", "redis://127.0.0.1:6379/11")
+RABBITMQ_URL = os.environ.get("CONDA_STORE_TEST_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672//")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 BUILD_WAIT_SECONDS = 120
 
@@ -31,6 +34,33 @@ BUILD_WAIT_SECONDS = 120
 @pytest.fixture(scope="session")
 def demo_channel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_demo_channel(tmp_path_factory.mktemp("channels") / "demo")
+
+
+def require_service(name: str, url: str) -> None:
+    """Skip without the service on a developer's machine; in CI its absence fails the run."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), timeout=2).close()
+    except OSError as error:
+        if IN_CI:
+            pytest.fail(f"{name} is required in CI and is not reachable at {url}: {error}")
+        pytest.skip(f"{name} not reachable at {url}: {error}")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on loopback, shared by the tests (each uses a bucket of its own)."""
+    from conda_store_server.testing.s3 import s3_server
+
+    try:
+        with s3_server() as endpoint:
+            yield endpoint
+    except RuntimeError as error:
+        if IN_CI:
+            pytest.fail(f"the S3 server is required in CI: {error}")
+        pytest.skip(str(error))
 
 
 def _postgres_database() -> Iterator[str]:

@@ -1,4 +1,4 @@
-"""Scheduled work: claimed once per period across workers; channel indexing, incremental."""
+"""Scheduled work: claimed once per period across workers; channel indexing, storage metrics."""
 
 from __future__ import annotations
 
@@ -7,9 +7,15 @@ import time
 import pytest
 from sqlalchemy import event, func, select
 
-from conda_store_server.db.models import CondaChannel, CondaPackage, CondaPackageBuild
+from conda_store_server.db.models import (
+    CondaChannel,
+    CondaPackage,
+    CondaPackageBuild,
+    CondaStoreConfiguration,
+)
 from conda_store_server.periodic import claim_run
 from conda_store_server.periodic.channels import index_channels
+from conda_store_server.periodic.storage import STORAGE_ROW_ID, record_storage_metrics
 
 
 def test_a_period_is_claimed_once(conda_store) -> None:
@@ -78,3 +84,20 @@ def test_a_worker_indexes_the_channels(conda_store, worker, demo_channel) -> Non
     with conda_store.session() as session:
         names = set(session.scalars(select(CondaPackage.name)))
     assert {"hello-py", "python", "tinylib"} <= names
+
+
+def test_storage_metrics_come_from_the_workers_disk(conda_store, worker, client) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        with conda_store.session() as session:
+            row = session.get(CondaStoreConfiguration, STORAGE_ROW_ID)
+        if row is not None:
+            break
+        assert time.monotonic() < deadline, worker.output()
+        time.sleep(0.2)
+    assert row.total_storage > 0 and 0 < row.free_storage <= row.total_storage
+    # the server reports what the worker measured (it may run on another machine than the builds)
+    with conda_store.session() as session:
+        session.get(CondaStoreConfiguration, STORAGE_ROW_ID).free_storage = 12345
+    assert "conda_store_disk_free 12345.0" in client.get("/metrics").text
+    assert record_storage_metrics(conda_store).free_storage != 12345

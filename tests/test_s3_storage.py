@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import IN_CI, login, submit, wait_for_build
+from conftest import login, submit, wait_for_build
 from traitlets.config import Config
 
 from conda_store_server.exception import CondaStoreError
 from conda_store_server.storage import S3Storage
-from conda_store_server.testing.s3 import s3_server
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    try:
-        with s3_server() as endpoint:
-            yield endpoint
-    except RuntimeError as error:
-        if IN_CI:
-            pytest.fail(f"the S3 server is required in CI: {error}")
-        pytest.skip(str(error))
 
 
 def s3_settings(endpoint: str, bucket: str) -> dict[str, Any]:

@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIRECTORY = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
+# Session.info key: ids of builds created in the transaction, announced to workers after commit
+QUEUED_BUILDS = "conda_store_queued_builds"
 
 
 def create_database_engine(database_url: str, **kwargs: Any) -> Engine:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Response
@@ -19,7 +18,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from conda_store_server.app import CondaStore
-from conda_store_server.db.models import Build, BuildStatus, Environment
+from conda_store_server.db.models import Build, BuildStatus, CondaStoreConfiguration, Environment
+from conda_store_server.periodic.storage import STORAGE_ROW_ID, existing_ancestor
 
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 
@@ -73,18 +73,16 @@ class StoreCollector(Collector):
         yield self._durations(durations)
 
     def _disk(self) -> Iterator[Any]:
-        # the filesystem the store will live on, even before the first build creates it
-        directory = Path(self.conda_store.store_directory).absolute()
-        while not directory.exists():
-            directory = directory.parent
-        usage = shutil.disk_usage(directory)
-        yield GaugeMetricFamily(
-            "conda_store_disk_free", "Free bytes where builds are stored", value=usage.free
-        )
-        yield GaugeMetricFamily("conda_store_disk_total", "Size of the store's filesystem", value=usage.total)
-        yield GaugeMetricFamily(
-            "conda_store_disk_usage", "Used bytes of the store's filesystem", value=usage.used
-        )
+        """What a worker last measured where builds are written; this machine's disk until then."""
+        with self.conda_store.session() as session:
+            recorded = session.get(CondaStoreConfiguration, STORAGE_ROW_ID)
+        if recorded is not None:
+            free, total, used = recorded.free_storage, recorded.total_storage, recorded.disk_usage
+        else:
+            total, used, free = shutil.disk_usage(existing_ancestor(self.conda_store.store_directory))
+        yield GaugeMetricFamily("conda_store_disk_free", "Free bytes where builds are stored", value=free)
+        yield GaugeMetricFamily("conda_store_disk_total", "Size of the store's filesystem", value=total)
+        yield GaugeMetricFamily("conda_store_disk_usage", "Used bytes of the store's filesystem", value=used)
 
     @staticmethod
     def _durations(rows: list[tuple[datetime.datetime, datetime.datetime]]) -> HistogramMetricFamily:

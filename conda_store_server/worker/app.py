@@ -1,18 +1,22 @@
-"""`conda-store-worker`: runs supervised builds (CondaStoreWorker traits from the seed)."""
+"""`conda-store-worker`: a Celery worker whose tasks run supervised builds (traits from the seed)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from typing import Any
 
+from celery import Celery
+from celery.signals import worker_shutting_down
 from traitlets import Bool, Integer, List, Unicode
 
 from conda_store_server.app import CondaStore
 from conda_store_server.application import BaseApplication
 from conda_store_server.storage import LocalStorage, S3Storage
-from conda_store_server.worker.supervisor import Supervisor, die_with_parent
+from conda_store_server.worker.supervisor import StoreRecipe, Supervisor, die_with_parent
+from conda_store_server.worker.tasks import prompt_shutdown_worker, register_build_task
 
 
 class CondaStoreWorker(BaseApplication):
@@ -55,22 +59,61 @@ class CondaStoreWorker(BaseApplication):
         conda_store = self.make_conda_store()
         conda_store.ensure_database()
         concurrency = self.concurrency or os.cpu_count() or 1
-        supervisor = Supervisor(conda_store, concurrency=concurrency)
-        stop = threading.Event()
+        supervisor = Supervisor(
+            conda_store,
+            StoreRecipe(tuple(self.command_line_arguments())),
+            concurrency=concurrency,
+            watch_paths=self.watch_paths,
+        )
+        supervisor.start_fork_server()
+        celery = conda_store.celery_app
+        register_build_task(celery, supervisor)
+        self.check_broker(celery)
 
-        def request_stop(signum: int, _frame: Any) -> None:
-            self.log.info("signal %s received: stopping running builds and exiting", signum)
+        stop = threading.Event()
+        monitor = threading.Thread(target=supervisor.run, args=(stop.is_set,), name="supervisor")
+
+        @worker_shutting_down.connect(weak=False)
+        def stop_builds(**_: Any) -> None:
+            self.log.info("stopping: running builds are stopped and marked FAILED")
             stop.set()
 
-        signal.signal(signal.SIGTERM, request_stop)
-        signal.signal(signal.SIGINT, request_stop)
         self.log.info(
-            "worker %s ready: %d build slot(s), database %s",
+            "worker %s ready: %d build slot(s), broker %s, database %s",
             supervisor.worker_id,
             concurrency,
+            celery.connection_for_read().as_uri(),
             conda_store.engine.url.render_as_string(hide_password=True),
         )
-        supervisor.run(stop.is_set)
+        monitor.start()
+        try:
+            prompt_shutdown_worker(celery)(
+                pool="threads",
+                concurrency=concurrency,
+                hostname=f"conda-store-worker@{supervisor.worker_id}",
+                loglevel=self.log_level,
+                without_gossip=True,
+                without_mingle=True,
+                without_heartbeat=True,
+                quiet=True,
+            ).start()
+        finally:
+            stop.set()
+            monitor.join()
+
+    def check_broker(self, celery: Celery) -> None:
+        """A wrong broker URL is a start-up error that names the trait to fix, not a silent retry loop."""
+        try:
+            with celery.connection_for_read() as connection:
+                connection.ensure_connection(max_retries=2, interval_start=0.5, interval_step=0.5)
+        except Exception as error:  # noqa: BLE001 - every transport raises its own errors
+            self.log.critical(
+                "cannot reach the Celery broker %s (set CondaStore.celery_broker_url or "
+                "CondaStore.redis_url): %s",
+                celery.connection_for_read().as_uri(),
+                error,
+            )
+            sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,102 @@
+"""Builds travel through Celery on every supported broker: Redis, RabbitMQ and the SQL database."""
+
+from __future__ import annotations
+
+import datetime
+import time
+from typing import Any
+
+import pytest
+import redis
+from celery.result import AsyncResult
+from conftest import RABBITMQ_URL, REDIS_URL, WorkerProcess, login, require_service, submit, wait_for_build
+from slow_channel import SlowChannel
+
+from conda_store_server.worker.queue import build_task_id
+from conda_store_server.worker.supervisor import UNANNOUNCED_AFTER_SECONDS
+
+BROKERS: dict[str, dict[str, str]] = {
+    "redis": {"redis_url": REDIS_URL},
+    "rabbitmq": {"celery_broker_url": RABBITMQ_URL},
+    "sql": {},  # nothing set: the broker and the results live in the database
+}
+FAST = "name: fast-{n}\ndependencies:\n  - hello-tool\n"
+SLOW = "name: slow-{n}\nchannels: [{channel}]\ndependencies:\n  - hello-tool\n"
+
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+@pytest.fixture(params=list(BROKERS))
+def broker(request: pytest.FixtureRequest) -> dict[str, str]:
+    settings = BROKERS[request.param]
+    for name, url in settings.items():
+        require_service(name, url)
+    return settings
+
+
+@pytest.fixture
+def slow_channel(demo_channel) -> Any:
+    with SlowChannel(demo_channel, delay=60) as channel:
+        yield channel
+
+
+@pytest.fixture
+def store_settings(store_settings, broker):
+    store_settings["CondaStore"].update(broker)
+    return store_settings
+
+
+@pytest.fixture
+def queue(conda_store, broker):
+    """The Celery app of the store under test, without earlier tests' messages and results."""
+    if "redis_url" in broker:
+        redis.Redis.from_url(broker["redis_url"]).flushdb()
+    app = conda_store.celery_app
+    app.control.purge()
+    return app
+
+
+def announced_promptly(build: dict[str, Any]) -> bool:
+    scheduled = datetime.datetime.fromisoformat(build["scheduled_on"])
+    started = datetime.datetime.fromisoformat(build["started_on"])
+    return (started - scheduled).total_seconds() < UNANNOUNCED_AFTER_SECONDS / 2
+
+
+def test_builds_travel_through_the_broker(client, queue, config_file, tmp_path) -> None:
+    login(client)
+    worker = WorkerProcess(config_file, tmp_path / "worker.log").start("--concurrency=2")
+    try:
+        build_ids = [submit(client, FAST.format(n=n)) for n in range(3)]
+        for build_id in build_ids:
+            build = wait_for_build(client, build_id)
+            assert build["status"] == "COMPLETED", build
+            # started by the task, not by the database fallback for lost messages
+            assert announced_promptly(build), build
+            result = AsyncResult(build_task_id(build_id), app=queue)
+            assert result.get(timeout=30) == "COMPLETED"
+        assert f"task_build_conda_environment[{build_task_id(build_ids[0])}] received" in worker.output()
+    finally:
+        worker.stop()
+
+
+def test_cancel_running_and_queued_builds(client, queue, config_file, slow_channel, tmp_path) -> None:
+    login(client)
+    worker = WorkerProcess(config_file, tmp_path / "worker.log").start("--concurrency=1")
+    try:
+        running = submit(client, SLOW.format(n=1, channel=slow_channel.url))
+        wait_for_build(client, running, lambda build: build["status"] == "BUILDING", timeout=30)
+        queued = submit(client, SLOW.format(n=2, channel=slow_channel.url))
+
+        assert client.put(f"/api/v1/build/{queued}/cancel/").status_code == 200
+        started = time.monotonic()
+        assert client.put(f"/api/v1/build/{running}/cancel/").status_code == 200
+        assert wait_for_build(client, running, timeout=20)["status"] == "CANCELED"
+        assert time.monotonic() - started < 10
+
+        # the queued build's message still arrives; the worker must not run it
+        result = AsyncResult(build_task_id(queued), app=queue)
+        assert "CANCELED" in result.get(timeout=30)
+        build = client.get(f"/api/v1/build/{queued}/").json()["data"]
+        assert build["status"] == "CANCELED" and build["started_on"] is None
+    finally:
+        worker.stop()

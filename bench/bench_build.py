@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import os
 import platform
@@ -272,23 +273,46 @@ STEP_FUNCTIONS = (
 )
 
 
+STEPS_FILE_ENV = "CONDA_STORE_BENCH_STEPS_FILE"
+
+
 def install_step_timer(out_path: str) -> None:
     """Time the pipeline steps of every build this worker runs; one JSON line per event.
 
-    Wraps module attributes (the pipeline calls its helpers through their modules), so it
-    measures the real forked build children. Names that no longer exist are skipped and
-    reported, so the benchmark keeps working while the pipeline changes.
+    Runs in the worker: it records when each build child is asked for, and makes the fork
+    server (which the worker starts later, with this environment) import this module, which
+    then wraps the pipeline in every build child (see the end of this file).
+    """
+    supervisor = importlib.import_module("conda_store_server.worker.supervisor")
+    start = supervisor.Supervisor._start
+
+    def timed_start(self: Any, build_id: int) -> Any:
+        _write_step_record(out_path, {"build_id": build_id, "fork_called": time.time()})
+        return start(self, build_id)
+
+    supervisor.Supervisor._start = timed_start
+    supervisor.FORK_SERVER_PRELOAD = (*supervisor.FORK_SERVER_PRELOAD, SCRIPT.stem)
+    os.environ[STEPS_FILE_ENV] = out_path
+    # the fork server ignores this process's sys.path (Python 3.11), not the environment
+    search_path = [str(SCRIPT.parent), os.environ.get("PYTHONPATH")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, search_path))
+
+
+def _write_step_record(out_path: str, record: dict[str, Any]) -> None:
+    with open(out_path, "a") as out:
+        out.write(json.dumps(record) + "\n")
+
+
+def install_child_step_timer(out_path: str) -> None:
+    """In the fork server: wrap module attributes (the pipeline calls its helpers through their
+    modules), so the real build children are measured. Names that no longer exist are skipped
+    and reported, so the benchmark keeps working while the pipeline changes.
     """
     import asyncio
     import functools
-    import importlib
 
     steps: dict[str, float] = {}
     missing: list[str] = []
-
-    def write(record: dict[str, Any]) -> None:
-        with open(out_path, "a") as out:
-            out.write(json.dumps(record) + "\n")
 
     def wrap(module: Any, name: str, label: str) -> None:
         function = getattr(module, name, None)
@@ -337,35 +361,32 @@ def install_step_timer(out_path: str) -> None:
     pipeline = importlib.import_module("conda_store_server.build.pipeline")
     supervisor = importlib.import_module("conda_store_server.worker.supervisor")
     run_build, child_main = pipeline.run_build, supervisor._child_main
-    start = supervisor.Supervisor._start
 
     def timed_run_build(conda_store: Any, build_id: int) -> Any:
         started = time.perf_counter()
         try:
             return run_build(conda_store, build_id)
         finally:
-            write(
+            _write_step_record(
+                out_path,
                 {
                     "build_id": build_id,
                     "run_build": time.perf_counter() - started,
                     "steps": steps,
                     "child_entry": steps.get("_child_entry"),
-                }
+                },
             )
 
-    def timed_child_main(conda_store: Any, build_id: int) -> Any:
+    def timed_child_main(recipe: Any, build_id: int) -> Any:
         steps["_child_entry"] = time.time()
-        return child_main(conda_store, build_id)
+        return child_main(recipe, build_id)
 
-    def timed_start(self: Any, build_id: int) -> None:
-        write({"build_id": build_id, "fork_called": time.time()})
-        start(self, build_id)
-
+    # the pickled build target names supervisor._child_main: children of this fork server
+    # resolve it to the timed one
     pipeline.run_build = timed_run_build
     supervisor._child_main = timed_child_main
-    supervisor.Supervisor._start = timed_start
     if missing:
-        write({"missing": missing})
+        _write_step_record(out_path, {"missing": missing})
 
 
 def step_figures(path: Path, build_ids: set[int]) -> tuple[dict[int, dict[str, float]], list[str]]:
@@ -850,3 +871,8 @@ if __name__ == "__main__":
         os._exit(0)  # rattler's runtime threads may abort a normal interpreter exit
     else:
         main()
+
+
+if __name__ == SCRIPT.stem and os.environ.get(STEPS_FILE_ENV):
+    # imported by the worker's fork server (install_step_timer asked it to)
+    install_child_step_timer(os.environ[STEPS_FILE_ENV])

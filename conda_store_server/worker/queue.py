@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 BUILD_TASK = "task_build_conda_environment"
 QUEUE = "conda-store"
-SQL_BROKER_POLL_SECONDS = 0.1
+SQL_BROKER_POLL_SECONDS = 0.05
 PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
 

@@ -54,6 +54,7 @@ STORAGE_METRICS_EVERY_SECONDS = 60.0
 INDEX_CHANNELS_EVERY_SECONDS = 3600.0
 PR_SET_PDEATHSIG = 1
 FORK_SERVER_PRELOAD = (
+    "conda_store_server.worker.app",
     "conda_store_server.worker.supervisor",
     "conda_store_server.build.pipeline",
     "conda_store_server.periodic.channels",

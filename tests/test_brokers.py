@@ -67,6 +67,7 @@ def test_builds_travel_through_the_broker(client, queue, config_file, tmp_path) 
     worker = WorkerProcess(config_file, tmp_path / "worker.log").start("--concurrency=2")
     try:
         build_ids = [submit(client, FAST.format(n=n)) for n in range(3)]
+        builds = []
         for build_id in build_ids:
             build = wait_for_build(client, build_id)
             assert build["status"] == "COMPLETED", build
@@ -74,6 +75,10 @@ def test_builds_travel_through_the_broker(client, queue, config_file, tmp_path) 
             assert announced_promptly(build), build
             result = AsyncResult(build_task_id(build_id), app=queue)
             assert result.get(timeout=30) == "COMPLETED"
+            builds.append(build)
+        # two build processes ran at once, installing from the one shared package cache
+        first, second = builds[0], builds[1]
+        assert first["started_on"] < second["ended_on"] and second["started_on"] < first["ended_on"]
         assert f"task_build_conda_environment[{build_task_id(build_ids[0])}] received" in worker.output()
     finally:
         worker.stop()

@@ -136,8 +136,8 @@ class Supervisor:
     def run_build(self, build_id: int) -> str:
         """Claim this build and supervise it to its end; the final status, or why it did not run.
 
-        Blocks the calling task thread for the build's duration: its child's death signal is
-        tied to the thread that forked it, and Celery counts the slot as busy meanwhile.
+        Blocks the calling task thread for the build's duration, so that Celery counts the
+        slot as busy and takes no more messages than this worker has free slots.
         """
         with self._slots:
             while len(self.running) >= self.concurrency and not self._stopping:
@@ -150,13 +150,13 @@ class Supervisor:
         running.done.wait()
         return running.final_status
 
-    # ------------------------------------------------------------------ the monitor thread
     def start_fork_server(self) -> None:
         """Start it now, so that the first build does not wait for its imports."""
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
 
+    # ------------------------------------------------------------------ the monitor thread
     def run(self, should_stop: Callable[[], bool]) -> None:
         recover_stale_builds(self.conda_store)
         while not should_stop():

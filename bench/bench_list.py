@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import create_engine, insert, text
+from throwaway_database import throwaway_database
 
 from conda_store_server.db.models import Build, BuildStatus, Environment, Namespace, Specification
 from conda_store_server.db.session import upgrade_database
@@ -38,7 +39,6 @@ from conda_store_server.db.session import upgrade_database
 ENVIRONMENTS = 10_000
 NAMESPACES = 50
 SECRET = "bench-secret-" + "0123456789abcdef" * 3
-POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 
 
 def seed(database_url: str) -> None:
@@ -173,15 +173,16 @@ async def measure(url: str, token: str, seconds: float, concurrency: int) -> Non
 
 def run(database: str, seconds: float, concurrency: int) -> None:
     directory = Path(tempfile.mkdtemp(prefix="cs-bench-list-"))
-    admin_engine = None
-    if database == "sqlite":
-        database_url = f"sqlite:///{directory / 'bench.sqlite'}"
-    else:
-        name = f"cs_bench_{uuid.uuid4().hex[:8]}"
-        admin_engine = create_engine(f"{POSTGRES}/postgres", isolation_level="AUTOCOMMIT")
-        with admin_engine.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        database_url = f"{POSTGRES}/{name}"
+    try:
+        with throwaway_database(database, directory) as database_url:
+            serve_and_measure(database, database_url, directory, seconds, concurrency)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def serve_and_measure(
+    database: str, database_url: str, directory: Path, seconds: float, concurrency: int
+) -> None:
     started = time.monotonic()
     seed(database_url)
     print(
@@ -221,11 +222,6 @@ def run(database: str, seconds: float, concurrency: int) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-        shutil.rmtree(directory, ignore_errors=True)
-        if admin_engine is not None:
-            with admin_engine.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{database_url.rsplit("/", 1)[1]}"'))
-            admin_engine.dispose()
 
 
 def main() -> None:

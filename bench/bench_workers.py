@@ -27,10 +27,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
+from throwaway_database import throwaway_database
 from traitlets.config import Config
 
-POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 REDIS_URL = "redis://127.0.0.1:6379/12"
 GOAL_RSS_GROWTH = 0.10
 SPEC = "name: {name}\ndependencies:\n  - hello-py\n"
@@ -129,17 +129,13 @@ def main() -> None:
     from conda_store_server.app import CondaStore
     from conda_store_server.testing.channel import build_demo_channel
 
-    admin = create_engine(f"{POSTGRES_URL}/postgres", isolation_level="AUTOCOMMIT")
-    database = f"bench_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{database}"'))
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
-            workdir = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
+        workdir = Path(tmp)
+        with throwaway_database("postgresql", workdir) as database_url:
             channel = build_demo_channel(workdir / "channel")
             settings: dict[str, dict[str, Any]] = {
                 "CondaStore": {
-                    "database_url": f"{POSTGRES_URL}/{database}",
+                    "database_url": database_url,
                     "redis_url": REDIS_URL,
                     "store_directory": str(workdir / "store"),
                     "conda_default_channels": [channel.as_uri()],
@@ -167,9 +163,6 @@ def main() -> None:
             with conda_store.session() as session:
                 total = session.scalar(select(func.count()).select_from(Build))
             conda_store.dispose()
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
 
     growth = (last - first) / first
     print(f"{args.builds} builds, 1 worker : {one:6.1f} s  ({args.builds / one:.2f} builds/s)")

@@ -12,6 +12,7 @@ from celery.result import AsyncResult
 from conftest import RABBITMQ_URL, REDIS_URL, WorkerProcess, login, require_service, submit, wait_for_build
 from slow_channel import SlowChannel
 
+from conda_store_server.app import CondaStore
 from conda_store_server.worker.queue import build_task_id
 from conda_store_server.worker.supervisor import UNANNOUNCED_AFTER_SECONDS
 
@@ -105,3 +106,30 @@ def test_cancel_running_and_queued_builds(client, queue, config_file, slow_chann
         assert build["status"] == "CANCELED" and build["started_on"] is None
     finally:
         worker.stop()
+
+
+@pytest.mark.parametrize("broker", ["sql"], indirect=True)
+def test_a_build_whose_message_is_lost_still_runs(conda_store, store_settings, config_file, tmp_path) -> None:
+    """The server cannot reach its broker: the POST still succeeds and a worker finds the build."""
+    from fastapi.testclient import TestClient
+    from traitlets.config import Config
+
+    from conda_store_server.server.app import CondaStoreServer
+
+    unreachable = {**store_settings, "CondaStore": {**store_settings["CondaStore"]}}
+    unreachable["CondaStore"]["celery_broker_url"] = "redis://127.0.0.1:1/0"
+    server = CondaStoreServer(config=Config(unreachable))
+    cut_off = CondaStore(config=Config(unreachable))
+    worker = WorkerProcess(config_file, tmp_path / "worker.log").start()
+    try:
+        with TestClient(server.create_app(cut_off)) as client:
+            login(client)
+            started = time.monotonic()
+            build_id = submit(client, FAST.format(n=0))
+            assert time.monotonic() - started < 5
+            build = wait_for_build(client, build_id, timeout=60)
+        assert build["status"] == "COMPLETED", build
+        assert "started from the database" in worker.output()
+    finally:
+        worker.stop()
+        cut_off.dispose()

@@ -489,7 +489,11 @@ class CondaStore(LoggingConfigurable):
 
     def ensure_database(self) -> None:
         """Apply migrations (upgrade_db) or check the schema is current; say what to run if not."""
-        from conda_store_server.db.session import schema_is_current, upgrade_database
+        from conda_store_server.db.session import (
+            refresh_query_statistics,
+            schema_is_current,
+            upgrade_database,
+        )
 
         if self.upgrade_db:
             upgrade_database(self.engine)
@@ -498,19 +502,14 @@ class CondaStore(LoggingConfigurable):
                 "The database schema is not up to date. Run `conda-store-server "
                 "--CondaStore.upgrade_db=True` once (or set c.CondaStore.upgrade_db = True)."
             )
+        refresh_query_statistics(self.engine)
 
     def dispose(self) -> None:
-        """Forget connections (after fork, or at shutdown) so no socket or lock is shared.
-
-        A build child is forked from a worker whose other threads may hold a client's lock at
-        that instant; new clients are made on first use in the child.
-        """
+        """Forget database connections (after a fork, or at shutdown) so no socket is shared."""
         if "engine" in self.__dict__:
             self.engine.dispose(close=False)
             del self.__dict__["engine"]
             self.__dict__.pop("session_factory", None)
-        self.__dict__.pop("storage", None)
-        self.__dict__.pop("celery_app", None)
 
     def call_validate_specification(self, namespace: str, specification: Any, settings: Any) -> Any:
         return _call_flexible(self.validate_specification, self, namespace, specification, settings)

@@ -30,6 +30,7 @@ from sqlalchemy import select, update
 
 from conda_store_server.build.keys import artifact_key, build_key, identity_of
 from conda_store_server.db.models import Build, BuildStatus, utcnow
+from conda_store_server.db.session import refresh_query_statistics
 from conda_store_server.periodic import claim_run
 from conda_store_server.periodic.storage import record_storage_metrics
 from conda_store_server.service import get_build, kept_artifacts, purge_build_files
@@ -51,6 +52,7 @@ UNANNOUNCED_AFTER_SECONDS = 10.0
 RECOVER_BUILDS_EVERY_SECONDS = 5.0
 WATCH_PATHS_EVERY_SECONDS = 10.0
 STORAGE_METRICS_EVERY_SECONDS = 60.0
+QUERY_STATISTICS_EVERY_SECONDS = 3600.0
 INDEX_CHANNELS_EVERY_SECONDS = 3600.0
 PR_SET_PDEATHSIG = 1
 FORK_SERVER_PRELOAD = (
@@ -322,6 +324,8 @@ class Supervisor:
             register_watched_environments(self.conda_store, self.watch_paths)
         if self._due("storage-metrics", STORAGE_METRICS_EVERY_SECONDS):
             record_storage_metrics(self.conda_store)
+        if self._due("query-statistics", QUERY_STATISTICS_EVERY_SECONDS):
+            refresh_query_statistics(self.conda_store.engine)
         self._index_channels_when_due()
 
     def _due(self, name: str, every_seconds: float) -> bool:

@@ -200,7 +200,11 @@ class Supervisor:
         # every task thread waiting on its build is released, so Celery's shutdown can finish
         deadline = time.monotonic() + KILL_GRACE_SECONDS * 3
         while self.running and time.monotonic() < deadline:
-            self._reap()
+            try:
+                self._reap()
+            except Exception:
+                # the database may be what is failing: the children are still killed below
+                log.exception("settling stopped builds failed")
             self._enforce_limits()
             time.sleep(0.05)
         for running in list(self.running.values()):

@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 from celery import Celery
@@ -15,8 +16,11 @@ from traitlets import Bool, Integer, List, Unicode
 from conda_store_server.app import CondaStore
 from conda_store_server.application import BaseApplication
 from conda_store_server.storage import LocalStorage, S3Storage
+from conda_store_server.worker.queue import prepare_broker
 from conda_store_server.worker.supervisor import StoreRecipe, Supervisor, die_with_parent
 from conda_store_server.worker.tasks import prompt_shutdown_worker, register_build_task
+
+BROKER_CHECK_ATTEMPTS = 3
 
 
 class CondaStoreWorker(BaseApplication):
@@ -102,18 +106,29 @@ class CondaStoreWorker(BaseApplication):
             monitor.join()
 
     def check_broker(self, celery: Celery) -> None:
-        """A wrong broker URL is a start-up error that names the trait to fix, not a silent retry loop."""
-        try:
-            with celery.connection_for_read() as connection:
-                connection.ensure_connection(max_retries=2, interval_start=0.5, interval_step=0.5)
-        except Exception as error:  # noqa: BLE001 - every transport raises its own errors
-            self.log.critical(
-                "cannot reach the Celery broker %s (set CondaStore.celery_broker_url or "
-                "CondaStore.redis_url): %s",
-                celery.connection_for_read().as_uri(),
-                error,
-            )
-            sys.exit(1)
+        """A wrong broker URL is a start-up error that names the trait to fix, not a silent retry loop.
+
+        The SQL broker's tables are created here, before Celery's consumer starts: a server
+        creating them at the same moment makes PostgreSQL refuse one of the two, which the
+        consumer would treat as fatal, while a second try here simply finds them.
+        """
+        error: Exception | None = None
+        for _attempt in range(BROKER_CHECK_ATTEMPTS):
+            try:
+                with celery.connection_for_read() as connection:
+                    connection.ensure_connection(max_retries=2, interval_start=0.5, interval_step=0.5)
+                    prepare_broker(connection, celery.conf.broker_url)
+                return
+            except Exception as failure:  # noqa: BLE001 - every transport raises its own errors
+                error = failure
+                time.sleep(0.5)
+        self.log.critical(
+            "cannot reach the Celery broker %s (set CondaStore.celery_broker_url or "
+            "CondaStore.redis_url): %s",
+            celery.connection_for_read().as_uri(),
+            error,
+        )
+        sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:

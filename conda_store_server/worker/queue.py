@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 from celery import Celery
 
 if TYPE_CHECKING:
+    from kombu import Connection
+
     from conda_store_server.app import CondaStore
 
 log = logging.getLogger(__name__)
@@ -62,18 +64,21 @@ def make_celery(conda_store: CondaStore) -> Celery:
     return app
 
 
+def prepare_broker(connection: Connection, broker_url: str) -> None:
+    """Create the SQL transport's tables now (kombu creates them on a channel's first use)."""
+    if uses_sql_broker(broker_url):
+        _ = connection.default_channel.session
+
+
 def dispatch_builds(conda_store: CondaStore, build_ids: list[int]) -> None:
     """Announce committed builds; a broker outage only delays them (workers also poll the database)."""
     app = conda_store.celery_app
     for build_id in build_ids:
         try:
-            app.send_task(
-                BUILD_TASK,
-                args=[build_id],
-                task_id=build_task_id(build_id),
-                retry=True,
-                retry_policy=PUBLISH_RETRY_POLICY,
-            )
+            try:
+                _publish(app, build_id)
+            except Exception:  # noqa: BLE001 - e.g. a worker creating the SQL broker's tables at once
+                _publish(app, build_id)
         except Exception as error:  # noqa: BLE001 - any broker failure must not fail the request
             log.warning(
                 "build %s stays QUEUED until a worker finds it in the database: the broker "
@@ -81,3 +86,13 @@ def dispatch_builds(conda_store: CondaStore, build_ids: list[int]) -> None:
                 build_id,
                 error,
             )
+
+
+def _publish(app: Celery, build_id: int) -> None:
+    app.send_task(
+        BUILD_TASK,
+        args=[build_id],
+        task_id=build_task_id(build_id),
+        retry=True,
+        retry_policy=PUBLISH_RETRY_POLICY,
+    )

@@ -2,30 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import asyncio
+import functools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from conda_store_server.app import CondaStore
+from conda_store_server.db.session import end_session
 from conda_store_server.server.auth import Authentication, AuthenticationToken, Permissions
 
 
-def get_conda_store(request: Request) -> CondaStore:
+async def get_conda_store(request: Request) -> CondaStore:
     return request.app.state.conda_store
 
 
-def get_authentication(request: Request) -> Authentication:
-    return request.app.state.authentication
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """One unit of work per request: committed when the handler returns, rolled back on error.
 
-
-def get_session(request: Request) -> Iterator[Session]:
-    """One unit of work per request: committed when the handler returns, rolled back on error."""
+    Async so that FastAPI does not hop to a worker thread just to create the session, which does
+    no I/O (its connection is taken on first use, in the handler's thread); ending it is I/O and
+    runs in the thread pool.
+    """
     conda_store: CondaStore = request.app.state.conda_store
-    with conda_store.session() as session:
+    session = conda_store.session_factory()
+    try:
         yield session
+    except BaseException:
+        await run_in_threadpool(end_session, session, False)
+        raise
+    await run_in_threadpool(end_session, session, True)
 
 
 @dataclass
@@ -33,7 +43,17 @@ class Caller:
     entity: AuthenticationToken | None
     authentication: Authentication
     default_namespace: str
-    database_bindings: dict[str, set[str]] = field(default_factory=dict)
+    conda_store: CondaStore | None = None  # where role mappings are stored; None: none are
+
+    @functools.cached_property
+    def database_bindings(self) -> dict[str, set[str]]:
+        """The namespaces' role mappings for this entity, read on first use, in the handler's
+        thread: every request needs the caller, not every caller needs the database."""
+        if self.entity is None or self.conda_store is None:
+            return {}
+        refuse_on_event_loop("reading the caller's role mappings")
+        with self.conda_store.session() as session:
+            return self.authentication.authorization.database_role_bindings(session, self.entity)
 
     @property
     def bindings(self) -> dict[str, set[str]]:
@@ -57,17 +77,23 @@ class Caller:
             raise HTTPException(status_code=403, detail="request not authorized")
 
 
-def get_caller(request: Request) -> Caller:
+def refuse_on_event_loop(action: str) -> None:
+    """Database work on the event loop would stall every request: fail loudly instead."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(f"{action} blocks the event loop: do it in the thread pool (run_in_threadpool)")
+
+
+async def get_caller(request: Request) -> Caller:
+    """The token is checked here (CPU only: a signature); role mappings are read when needed."""
     authentication: Authentication = request.app.state.authentication
     entity = authentication.entity_from_headers(
         request.cookies.get(authentication.cookie_name), request.headers.get("authorization")
     )
     conda_store: CondaStore = request.app.state.conda_store
-    database_bindings: dict[str, set[str]] = {}
-    if entity is not None:
-        with conda_store.session() as session:
-            database_bindings = authentication.authorization.database_role_bindings(session, entity)
-    return Caller(entity, authentication, conda_store.default_namespace, database_bindings)
+    return Caller(entity, authentication, conda_store.default_namespace, conda_store)
 
 
 # Ids are 32-bit integer columns on PostgreSQL: a larger id cannot exist, and asking the

@@ -28,7 +28,7 @@ class PageArguments:
         return (self.page - 1) * self.size
 
 
-def page_arguments(
+async def page_arguments(
     request: Request,
     page: int = Query(1, ge=1, le=1_000_000, description="1-based page number"),
     size: int | None = Query(None, ge=1, description="Page size; larger than max_page_size is clamped"),
@@ -66,14 +66,21 @@ def paginate(
     allowed: dict[str, Any],
     default: list[str],
     tiebreak: Any,
+    entities: bool = True,
 ) -> tuple[list[Any], dict[str, Any]]:
-    """The page's rows and the envelope fields `page`, `size`, `count`."""
-    count = (
-        session.scalar(query.with_only_columns(func.count(), maintain_column_froms=True).order_by(None)) or 0
-    )
+    """The page's rows (ORM objects, or Row tuples for a select of columns when `entities` is
+    false) and the envelope fields `page`, `size`, `count`."""
+    count = count_of(session, query)
     ordered = sorted_query(query, arguments, allowed, default).order_by(tiebreak)
-    rows = list(session.scalars(ordered.offset(arguments.offset).limit(arguments.size)).unique())
+    result = session.execute(ordered.offset(arguments.offset).limit(arguments.size))
+    rows = list(result.scalars().unique()) if entities else list(result)
     return rows, {"page": arguments.page, "size": arguments.size, "count": count}
+
+
+def count_of(session: Session, query: Select) -> int:
+    """COUNT(*) over the query's joins and filters, without a subquery of its columns."""
+    counting = query.with_only_columns(func.count(), maintain_column_froms=True).order_by(None)
+    return session.scalar(counting) or 0
 
 
 def _like(pattern: str) -> str:

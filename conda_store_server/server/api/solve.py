@@ -100,7 +100,7 @@ async def api_solve_specification(
     name = environment or SOLVE_NAME
     service.check_name("namespace", namespace)
     service.check_name("environment", name)
-    caller.require(f"{namespace}/{name}", Permissions.ENVIRONMENT_SOLVE)
+    await run_in_threadpool(caller.require, f"{namespace}/{name}", Permissions.ENVIRONMENT_SOLVE)
     try:
         _, resolved, specs, current = await run_in_threadpool(
             _policy_checked, conda_store, namespace, name, channel + channels, conda

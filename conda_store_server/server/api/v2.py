@@ -8,19 +8,21 @@ import enum
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import tuple_
 from sqlalchemy.orm import Session
 
 from conda_store_server.db.models import Environment
 from conda_store_server.server.api.listing import (
     ENVIRONMENT_SORT,
     EnvironmentFilters,
+    EnvironmentFiltersDependency,
     environment_query,
     environments_json,
 )
 from conda_store_server.server.dependencies import Caller, CallerDependency, SessionDependency
+from conda_store_server.server.pagination import count_of
 
 router = APIRouter(prefix="/api/v2")
 END_CURSOR = {"last_id": None, "last_value": None}
@@ -59,7 +61,7 @@ def decode_cursor(value: str | None, sort_by: list[str]) -> dict[str, Any] | Non
 @router.get("/environment/")
 def api_list_environments_v2(
     request: Request,
-    filters: EnvironmentFilters = Depends(),
+    filters: EnvironmentFilters = EnvironmentFiltersDependency,
     limit: int | None = Query(None, ge=1, description="Page size (at most max_page_size)"),
     order: Order = Query(Order.asc),
     sort_by: list[str] = Query([], description="namespace and/or name; commas also separate"),
@@ -79,22 +81,22 @@ def api_list_environments_v2(
     size = min(limit or max_page_size, max_page_size)
 
     query = environment_query(caller, filters)
-    count = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
+    count = count_of(session, query)
     columns = [ENVIRONMENT_SORT[key] for key in keys] + [Environment.id]
     if position is not None:
         after = tuple_(*columns)
         values = tuple_(*[position["last_value"][key] for key in keys], position["last_id"])
         query = query.where(after < values if order is Order.desc else after > values)
     direction = (lambda c: c.desc()) if order is Order.desc else (lambda c: c.asc())
-    rows = list(session.scalars(query.order_by(*map(direction, columns)).limit(size)).unique())
+    rows = list(session.execute(query.order_by(*map(direction, columns)).limit(size)))
 
     if rows:
         last = rows[-1]
-        values_of = {"namespace": last.namespace.name, "name": last.name}
+        values_of = {"namespace": last.namespace_name, "name": last.name}
         next_cursor = {"last_id": last.id, "last_value": {key: values_of[key] for key in keys}}
     else:
         next_cursor = END_CURSOR
-    data = environments_json(rows, with_current_build=False)
+    data = environments_json(session, rows, with_current_build=False)
     body = {
         "data": data,
         "status": "ok",

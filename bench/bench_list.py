@@ -1,12 +1,13 @@
 """List latency: GET /api/v1/environment/ and /api/v2/environment/ over 10,000 environments.
 
-    /work/venv/bin/python bench/bench_list.py                 # SQLite and PostgreSQL, ~1 min
-    /work/venv/bin/python bench/bench_list.py --databases sqlite --seconds 5
+    /work/venv/bin/python bench/bench_list.py                 # SQLite and PostgreSQL, ~7 min
+    /work/venv/bin/python bench/bench_list.py --databases sqlite --seconds 5 --concurrency 4 --workers 2
 
 For each database: seeds 10,000 environments (each with a specification and a completed current
 build) straight into a fresh database, starts a real ``conda-store-server`` subprocess on
-loopback, and drives it from this process with an asyncio httpx load generator (an admin token,
-N concurrent connections, random v1 pages of 100 and v2 cursor walks). Reports throughput and
+loopback (once per ``--workers`` value: CondaStoreServer.workers), and drives it from this
+process with an asyncio httpx load generator (an admin token, N concurrent connections per
+``--concurrency`` value, random v1 pages of 100 and v2 cursor walks). Reports throughput and
 p50/p99 per route against the same server's ``GET /api/v1/`` (the baseline: a request that does
 no database work), measured alone and again *while* the list load runs: if list requests
 blocked the event loop, that second figure would grow with them. Goal: list p99 < 50 ms.
@@ -178,24 +179,26 @@ async def measure(url: str, token: str, seconds: float, concurrencies: list[int]
                 print(f"    baseline p99 while listing / alone: {during['p99 ms'] / alone['p99 ms']:.2f}")
 
 
-def run(database: str, seconds: float, concurrencies: list[int]) -> None:
+def run(database: str, seconds: float, concurrencies: list[int], workers: list[int]) -> None:
     directory = Path(tempfile.mkdtemp(prefix="cs-bench-list-"))
     try:
         with throwaway_database(database, directory) as database_url:
-            serve_and_measure(database, database_url, directory, seconds, concurrencies)
+            started = time.monotonic()
+            seed(database_url)
+            print(
+                f"{database}: seeded {ENVIRONMENTS} environments in {NAMESPACES} namespaces "
+                f"({time.monotonic() - started:.1f} s)"
+            )
+            for processes in workers:
+                print(f"{database}, CondaStoreServer.workers={processes}:")
+                serve_and_measure(database_url, directory, seconds, concurrencies, processes)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 
 def serve_and_measure(
-    database: str, database_url: str, directory: Path, seconds: float, concurrencies: list[int]
+    database_url: str, directory: Path, seconds: float, concurrencies: list[int], workers: int
 ) -> None:
-    started = time.monotonic()
-    seed(database_url)
-    print(
-        f"{database}: seeded {ENVIRONMENTS} environments in {NAMESPACES} namespaces "
-        f"({time.monotonic() - started:.1f} s)"
-    )
     port = 20000 + random.randint(0, 9999)
     config = directory / "config.py"
     config.write_text(
@@ -203,6 +206,7 @@ def serve_and_measure(
         f"c.CondaStore.store_directory = {str(directory / 'store')!r}\n"
         f"c.AuthenticationBackend.secret = {SECRET!r}\n"
         f"c.CondaStoreServer.address = '127.0.0.1'\nc.CondaStoreServer.port = {port}\n"
+        f"c.CondaStoreServer.workers = {workers}\n"
         "c.CondaStoreServer.log_level = 'WARNING'\n"
     )
     server = subprocess.Popen(
@@ -242,10 +246,13 @@ def main() -> None:
     parser.add_argument(
         "--concurrency", type=int, nargs="+", default=[1, 2, 4, 8], help="connections; each is a row"
     )
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[1, 2], help="CondaStoreServer.workers; each is a run"
+    )
     arguments = parser.parse_args()
     print(f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC   cores: {os.cpu_count()}")
     for database in arguments.databases:
-        run(database, arguments.seconds, arguments.concurrency)
+        run(database, arguments.seconds, arguments.concurrency, arguments.workers)
 
 
 if __name__ == "__main__":

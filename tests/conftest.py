@@ -15,8 +15,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
+from live import free_port
 from sqlalchemy import create_engine, text
 from traitlets.config import Config
 
@@ -167,6 +169,50 @@ class WorkerProcess:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class ServerProcess:
+    """`conda-store-server` as operators run it: its own process, restartable on the same port."""
+
+    def __init__(self, config_file: Path, log_path: Path, *arguments: str) -> None:
+        self.config_file = config_file
+        self.log_path = log_path
+        self.arguments = arguments
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    "from conda_store_server.server.app import main; main()",
+                    f"--config={self.config_file}",
+                    "--CondaStoreServer.address=127.0.0.1",
+                    f"--CondaStoreServer.port={self.port}",
+                    *self.arguments,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/api/v1/", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        pytest.fail(f"the server did not start:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
 
 
 @pytest.fixture

@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
-from conftest import REDIS_URL, WorkerProcess, require_service, write_config
-from live import free_port
+from conftest import REDIS_URL, ServerProcess, WorkerProcess, require_service, write_config
 from slow_channel import SlowChannel
 from sqlalchemy import select
 
@@ -56,48 +52,6 @@ def store_settings(store_settings, s3_endpoint):
         "external_secure": False,
     }
     return store_settings
-
-
-class ServerProcess:
-    """`conda-store-server` as operators run it: its own process, restartable on the same port."""
-
-    def __init__(self, config_file: Path, log_path: Path) -> None:
-        self.config_file = config_file
-        self.log_path = log_path
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    "from conda_store_server.server.app import main; main()",
-                    f"--config={self.config_file}",
-                    "--CondaStoreServer.address=127.0.0.1",
-                    f"--CondaStoreServer.port={self.port}",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/api/v1/", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        pytest.fail(f"the server did not start:\n{self.log_path.read_text()}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
 
 
 def wait_until(client: httpx.Client, build_id: int, statuses: set[str], timeout: float) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from conda_store_server.server.schema import Login
 from conda_store_server.storage import LocalStorage, S3Storage
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+SERVER_ARGUMENTS = "CONDA_STORE_SERVER_ARGUMENTS"  # the parent's command line, for its server processes
 
 
 class CondaStoreServer(BaseApplication):
@@ -110,6 +112,14 @@ class CondaStoreServer(BaseApplication):
         config=True,
         help="Also run a build worker as a child process of the server.",
     )
+    workers = Integer(
+        1,
+        min=1,
+        config=True,
+        help="Server processes accepting on the same socket. One process runs Python on one core "
+        "at a time; more let API requests use every core. Like replicas, they share only the "
+        "database and the store.",
+    )
     standalone_demo_channel = Bool(
         True,
         config=True,
@@ -165,10 +175,13 @@ class CondaStoreServer(BaseApplication):
         conda_store.ensure_database()
         self.configure_standalone(conda_store)
         self.warn_if_insecure()
-        app = self.create_app(conda_store)
+        app = self.create_app(conda_store)  # also checks the configuration before any child starts
         worker = self.spawn_worker(conda_store) if self.standalone else None
         try:
-            uvicorn.Server(self.uvicorn_config(app)).run()
+            if self.workers > 1:
+                self.serve_in_processes()
+            else:
+                uvicorn.Server(self.uvicorn_config(app)).run()
         finally:
             if worker is not None:
                 worker.terminate()
@@ -177,8 +190,9 @@ class CondaStoreServer(BaseApplication):
                 except subprocess.TimeoutExpired:
                     worker.kill()
 
-    def uvicorn_config(self, app: FastAPI) -> uvicorn.Config:
-        """Forwarded headers (X-Forwarded-For/-Proto) are trusted only behind a proxy."""
+    def uvicorn_config(self, app: FastAPI | str) -> uvicorn.Config:
+        """Forwarded headers (X-Forwarded-For/-Proto) are trusted only behind a proxy. `app` is an
+        application, or the import path of a factory of one (in each of `workers` processes)."""
         return uvicorn.Config(
             app,
             host=self.address,
@@ -186,7 +200,22 @@ class CondaStoreServer(BaseApplication):
             log_level=self.log_level,
             proxy_headers=self.behind_proxy,
             forwarded_allow_ips="*" if self.behind_proxy else None,
+            workers=self.workers,
+            factory=isinstance(app, str),
         )
+
+    def serve_in_processes(self) -> None:
+        """uvicorn's supervisor binds the socket here and starts `workers` processes on it (and
+        replaces any that dies). Each rebuilds this server from its command line, in
+        `app_from_parent`: configuration files may hold functions, which do not pickle."""
+        from uvicorn.supervisors import Multiprocess
+
+        arguments = self.command_line_arguments()
+        if self.standalone:
+            arguments.append("--CondaStoreServer.standalone=True")
+        os.environ[SERVER_ARGUMENTS] = json.dumps(arguments)
+        config = self.uvicorn_config(f"{__name__}:app_from_parent")
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
 
     def warn_if_insecure(self) -> None:
         if not issubclass(self.authentication_class, auth.DummyAuthentication):
@@ -358,6 +387,15 @@ def _jsonable_errors(errors: Any) -> Any:
             item["ctx"] = {k: str(v) for k, v in item["ctx"].items()}
         result.append(item)
     return result
+
+
+def app_from_parent() -> FastAPI:
+    """The application of one of `workers` server processes (see `serve_in_processes`)."""
+    server = CondaStoreServer()
+    server.initialize(json.loads(os.environ[SERVER_ARGUMENTS]))
+    conda_store = CondaStore(parent=server, log=server.log)  # the parent reported its settings
+    server.configure_standalone(conda_store)
+    return server.create_app(conda_store)
 
 
 def main(argv: list[str] | None = None) -> None:

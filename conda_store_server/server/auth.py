@@ -174,22 +174,27 @@ def _token_from_claims(claims: dict[str, Any]) -> AuthenticationToken | None:
 
 
 def load_or_create_secret(path: str) -> str:
-    """Read the secret, or write a new one exactly once (O_EXCL: concurrent starters agree)."""
+    """Read the secret, or write a new one exactly once: it is written to a private file first
+    and linked into place, so concurrent starters (server processes, replicas) never read a
+    half-written file and all agree on the first one linked."""
     try:
         with open(path) as handle:
             return handle.read().strip()
     except FileNotFoundError:
         pass
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    value = secrets.token_hex(32)
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        with open(path) as handle:
-            return handle.read().strip()
+    draft = f"{path}.{os.getpid()}.{secrets.token_hex(4)}"
+    descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as handle:
-        handle.write(value)
-    return value
+        handle.write(secrets.token_hex(32))
+    try:
+        os.link(draft, path)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(draft)
+    with open(path) as handle:
+        return handle.read().strip()
 
 
 class AuthorizationBackend(LoggingConfigurable):

@@ -36,7 +36,14 @@ from conda_store_server.server.dependencies import (
     CallerDependency,
     SessionDependency,
 )
-from conda_store_server.server.pagination import PageArguments, page_arguments, paginate, visible_filter
+from conda_store_server.server.namespace_pages import namespace_ordered_page
+from conda_store_server.server.pagination import (
+    PageArguments,
+    page_arguments,
+    paginate,
+    sorted_query,
+    visible_filter,
+)
 
 router = APIRouter(prefix="/api/v1")
 Page = Depends(page_arguments)
@@ -235,9 +242,18 @@ def api_list_environments(
     arguments: PageArguments = Page,
 ) -> JSONResponse:
     query = environment_query(caller, filters)
-    rows, fields = paginate(
-        session, query, arguments, ENVIRONMENT_SORT, ["namespace", "name"], Environment.id, entities=False
-    )
+    # PostgreSQL's planner sorts every visible environment for an OFFSET page; SQLite's walks
+    # the list index in order, which beats counting namespace by namespace.
+    namespace_first = arguments.sort_by[:1] in ([], ["namespace"])
+    if namespace_first and session.get_bind().dialect.name == "postgresql":
+        ordered = sorted_query(query, arguments, ENVIRONMENT_SORT, ["namespace", "name"])
+        ordered = ordered.order_by(Environment.id)
+        rows, count = namespace_ordered_page(session, query, ordered, arguments)
+        fields = {"page": arguments.page, "size": arguments.size, "count": count}
+    else:
+        rows, fields = paginate(
+            session, query, arguments, ENVIRONMENT_SORT, ["namespace", "name"], Environment.id, entities=False
+        )
     return ok_page(environments_json(session, rows), fields, DEPRECATION_HEADERS)
 
 

@@ -162,7 +162,7 @@ def main() -> None:
 
             with conda_store.session() as session:
                 total = session.scalar(select(func.count()).select_from(Build))
-            conda_store.dispose()
+            conda_store.engine.dispose()
 
     growth = (last - first) / first
     print(f"{args.builds} builds, 1 worker : {one:6.1f} s  ({args.builds / one:.2f} builds/s)")

@@ -504,13 +504,6 @@ class CondaStore(LoggingConfigurable):
             )
         refresh_query_statistics(self.engine)
 
-    def dispose(self) -> None:
-        """Forget database connections (after a fork, or at shutdown) so no socket is shared."""
-        if "engine" in self.__dict__:
-            self.engine.dispose(close=False)
-            del self.__dict__["engine"]
-            self.__dict__.pop("session_factory", None)
-
     def call_validate_specification(self, namespace: str, specification: Any, settings: Any) -> Any:
         return _call_flexible(self.validate_specification, self, namespace, specification, settings)
 

@@ -132,4 +132,4 @@ def test_a_build_whose_message_is_lost_still_runs(conda_store, store_settings, c
         assert "started from the database" in worker.output()
     finally:
         worker.stop()
-        cut_off.dispose()
+        cut_off.engine.dispose()

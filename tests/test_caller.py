@@ -21,13 +21,15 @@ def test_role_mappings_are_read_in_a_thread_and_refused_on_the_event_loop(conda_
     authentication = client.app.state.authentication
     bob = AuthenticationToken(primary_namespace="bob", role_bindings={})
 
-    async def on_the_loop() -> None:
-        Caller(bob, authentication, "default", conda_store).can("lab/env", Permissions.ENVIRONMENT_READ)
+    with conda_store.session() as session:
 
-    with pytest.raises(RuntimeError, match="blocks the event loop"):
-        asyncio.run(on_the_loop())
+        async def on_the_loop() -> None:
+            Caller(bob, authentication, "default", session).can("lab/env", Permissions.ENVIRONMENT_READ)
 
-    caller = Caller(bob, authentication, "default", conda_store)
-    assert caller.database_bindings == {"lab/*": {"viewer"}}
-    assert caller.can("lab/env", Permissions.ENVIRONMENT_READ)
-    assert not caller.can("other/env", Permissions.ENVIRONMENT_READ)
+        with pytest.raises(RuntimeError, match="blocks the event loop"):
+            asyncio.run(on_the_loop())
+
+        caller = Caller(bob, authentication, "default", session)
+        assert caller.database_bindings == {"lab/*": {"viewer"}}
+        assert caller.can("lab/env", Permissions.ENVIRONMENT_READ)
+        assert not caller.can("other/env", Permissions.ENVIRONMENT_READ)

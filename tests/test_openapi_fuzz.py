@@ -36,7 +36,7 @@ CONFIG = Config(
 )
 STORE = CondaStore(config=CONFIG)
 STORE.ensure_database()
-atexit.register(STORE.dispose)
+atexit.register(STORE.engine.dispose)
 APP = CondaStoreServer(config=CONFIG).create_app(STORE)
 TOKEN = APP.state.authentication.authentication.encrypt_token(
     AuthenticationToken("fuzzer", {"*/*": ["admin"]})

@@ -33,9 +33,21 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     try:
         yield session
     except BaseException:
-        await run_in_threadpool(end_session, session, False)
+        await _end(session, commit=False)
         raise
-    await run_in_threadpool(end_session, session, True)
+    await _end(session, commit=True)
+
+
+async def _end(session: Session, commit: bool) -> None:
+    if session.in_transaction():
+        await run_in_threadpool(end_session, session, commit)
+    else:
+        session.close()  # never used: no connection to return, nothing to commit
+
+
+# "function" scope commits before the response is sent: a client acting on a response must
+# find what it announced (an id returned by POST is readable by the next request).
+SessionDependency = Depends(get_session, scope="function")
 
 
 @dataclass
@@ -43,17 +55,16 @@ class Caller:
     entity: AuthenticationToken | None
     authentication: Authentication
     default_namespace: str
-    conda_store: CondaStore | None = None  # where role mappings are stored; None: none are
+    session: Session | None = None  # the request's, where role mappings are read; None: none are
 
     @functools.cached_property
     def database_bindings(self) -> dict[str, set[str]]:
         """The namespaces' role mappings for this entity, read on first use, in the handler's
         thread: every request needs the caller, not every caller needs the database."""
-        if self.entity is None or self.conda_store is None:
+        if self.entity is None or self.session is None:
             return {}
         refuse_on_event_loop("reading the caller's role mappings")
-        with self.conda_store.session() as session:
-            return self.authentication.authorization.database_role_bindings(session, self.entity)
+        return self.authentication.authorization.database_role_bindings(self.session, self.entity)
 
     @property
     def bindings(self) -> dict[str, set[str]]:
@@ -86,14 +97,15 @@ def refuse_on_event_loop(action: str) -> None:
     raise RuntimeError(f"{action} blocks the event loop: do it in the thread pool (run_in_threadpool)")
 
 
-async def get_caller(request: Request) -> Caller:
-    """The token is checked here (CPU only: a signature); role mappings are read when needed."""
+async def get_caller(request: Request, session: Session = SessionDependency) -> Caller:
+    """The token is checked here (CPU only: a signature); role mappings are read when needed,
+    in the request's own session (one connection per request)."""
     authentication: Authentication = request.app.state.authentication
     entity = authentication.entity_from_headers(
         request.cookies.get(authentication.cookie_name), request.headers.get("authorization")
     )
     conda_store: CondaStore = request.app.state.conda_store
-    return Caller(entity, authentication, conda_store.default_namespace, conda_store)
+    return Caller(entity, authentication, conda_store.default_namespace, session)
 
 
 # Ids are 32-bit integer columns on PostgreSQL: a larger id cannot exist, and asking the
@@ -102,7 +114,4 @@ MAX_ID = 2**31 - 1
 BuildId = Annotated[int, Path(ge=0, le=MAX_ID, description="Build id")]
 
 CallerDependency = Depends(get_caller)
-# "function" scope commits before the response is sent: a client acting on a response must
-# find what it announced (an id returned by POST is readable by the next request).
-SessionDependency = Depends(get_session, scope="function")
 StoreDependency = Depends(get_conda_store)

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 BUILD_TASK = "task_build_conda_environment"
 QUEUE = "conda-store"
 SQL_BROKER_POLL_SECONDS = 0.05
+PUBLISH_ATTEMPTS = 2
 PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
 
@@ -75,10 +76,7 @@ def dispatch_builds(conda_store: CondaStore, build_ids: list[int]) -> None:
     app = conda_store.celery_app
     for build_id in build_ids:
         try:
-            try:
-                _publish(app, build_id)
-            except Exception:  # noqa: BLE001 - e.g. a worker creating the SQL broker's tables at once
-                _publish(app, build_id)
+            _publish(app, build_id)
         except Exception as error:  # noqa: BLE001 - any broker failure must not fail the request
             log.warning(
                 "build %s stays QUEUED until a worker finds it in the database: the broker "
@@ -89,10 +87,17 @@ def dispatch_builds(conda_store: CondaStore, build_ids: list[int]) -> None:
 
 
 def _publish(app: Celery, build_id: int) -> None:
-    app.send_task(
-        BUILD_TASK,
-        args=[build_id],
-        task_id=build_task_id(build_id),
-        retry=True,
-        retry_policy=PUBLISH_RETRY_POLICY,
-    )
+    """Publish, once more on failure: a worker may be creating the SQL broker's tables at once."""
+    for attempt in range(PUBLISH_ATTEMPTS):
+        try:
+            app.send_task(
+                BUILD_TASK,
+                args=[build_id],
+                task_id=build_task_id(build_id),
+                retry=True,
+                retry_policy=PUBLISH_RETRY_POLICY,
+            )
+            return
+        except Exception:
+            if attempt == PUBLISH_ATTEMPTS - 1:
+                raise

@@ -67,7 +67,8 @@ def test_two_server_processes_serve_one_deployment_and_stop_together(
             assert "lab" in [namespace["name"] for namespace in listed]
 
         server.process.send_signal(signal.SIGINT)
-        server.process.wait(timeout=30)
+        assert server.process.wait(timeout=30) == 0
+        assert "Traceback" not in server.log_path.read_text()
         deadline = time.monotonic() + 10
         while any(alive(pid) for pid in processes) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -93,3 +94,16 @@ def test_concurrent_starters_agree_on_one_secret(tmp_path: Path) -> None:
     assert len(set(secrets)) == 1 and len(secrets[0]) == 64
     assert os.stat(path).st_mode & 0o777 == 0o600
     assert os.listdir(path.parent) == [".secret"]  # no draft left behind
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_ctrl_c_stops_a_single_server_process_cleanly(config_file: Path, tmp_path: Path) -> None:
+    server = ServerProcess(config_file, tmp_path / "server.log")
+    server.start()
+    try:
+        assert server.process is not None
+        server.process.send_signal(signal.SIGINT)
+        assert server.process.wait(timeout=30) == 0
+        assert "Traceback" not in server.log_path.read_text(), server.log_path.read_text()
+    finally:
+        server.stop()

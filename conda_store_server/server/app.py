@@ -182,6 +182,8 @@ class CondaStoreServer(BaseApplication):
                 self.serve_in_processes()
             else:
                 uvicorn.Server(self.uvicorn_config(app)).run()
+        except KeyboardInterrupt:
+            pass  # uvicorn re-raises Ctrl-C once it has shut down; the shutdown was clean
         finally:
             if worker is not None:
                 worker.terminate()

@@ -99,3 +99,29 @@ def test_worker_killed_mid_build_is_recovered_by_the_next_worker(client, config_
         assert "abandoned" in client.get(f"/api/v1/build/{build_id}/logs/").text
     finally:
         second.stop()
+
+
+def test_a_build_whose_process_cannot_start_fails_at_once_with_that_reason(client, conda_store) -> None:
+    from conda_store_server.worker.supervisor import StoreRecipe, Supervisor
+
+    class BrokenForkServer:
+        """What the worker sees when its fork server has died."""
+
+        def Process(self, **_: Any) -> Any:  # noqa: N802 - multiprocessing's context API
+            class Unstartable:
+                exitcode = None
+
+                def start(self) -> None:
+                    raise OSError("fork server unreachable")
+
+            return Unstartable()
+
+    login(client)
+    build_id = submit(client, "name: unstartable\ndependencies: [python]\n")
+    supervisor = Supervisor(conda_store, StoreRecipe(()), concurrency=1)
+    supervisor._context = BrokenForkServer()  # type: ignore[assignment]
+    assert supervisor.run_build(build_id) == "FAILED"
+    assert supervisor.running == {}
+    build = client.get(f"/api/v1/build/{build_id}/").json()["data"]
+    assert build["status"] == "FAILED"
+    assert "could not start a process for this build (fork server unreachable)" in build["status_info"]

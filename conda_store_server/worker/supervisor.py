@@ -273,8 +273,18 @@ class Supervisor:
             name=f"build-{build_id}",
             daemon=False,
         )
-        process.start()
         running = RunningBuild(build_id, process)
+        try:
+            process.start()
+        except Exception as error:  # noqa: BLE001 - e.g. the fork server died: the build must not stay BUILDING
+            log.exception("build %s: no build process could be started", build_id)
+            running.stopping_reason = (
+                BuildStatus.FAILED,
+                f"the worker could not start a process for this build ({error}); rebuild it",
+            )
+            running.final_status = self._settle(running)
+            running.done.set()
+            return running
         self.running[build_id] = running
         log.info("build %s started in process %s", build_id, process.pid)
         return running

@@ -101,3 +101,26 @@ def test_storage_metrics_come_from_the_workers_disk(conda_store, worker, client)
         session.get(CondaStoreConfiguration, STORAGE_ROW_ID).free_storage = 12345
     assert "conda_store_disk_free 12345.0" in client.get("/metrics").text
     assert record_storage_metrics(conda_store).free_storage != 12345
+
+
+def test_a_worker_asks_the_database_only_when_a_job_can_be_due(conda_store) -> None:
+    from conda_store_server.worker.supervisor import StoreRecipe, Supervisor
+
+    statements: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args) -> None:
+        statements.append(statement)
+
+    first = Supervisor(conda_store, StoreRecipe(()), concurrency=1)
+    second = Supervisor(conda_store, StoreRecipe(()), concurrency=1)
+    assert first._due("hourly", 3600) is True
+    assert second._due("hourly", 3600) is False  # claimed by the first for this hour
+    event.listen(conda_store.engine, "before_cursor_execute", record)
+    try:
+        for _ in range(5):
+            assert first._due("hourly", 3600) is False
+            assert second._due("hourly", 3600) is False
+    finally:
+        event.remove(conda_store.engine, "before_cursor_execute", record)
+    assert statements == []  # both know the next run is an hour away
+    assert first._due("always", 0) is True and first._due("always", 0) is True

@@ -31,7 +31,7 @@ from sqlalchemy import select, update
 from conda_store_server.build.keys import artifact_key, build_key, identity_of
 from conda_store_server.db.models import Build, BuildStatus, utcnow
 from conda_store_server.db.session import refresh_query_statistics
-from conda_store_server.periodic import claim_run
+from conda_store_server.periodic import claim_run, next_run_at
 from conda_store_server.periodic.storage import record_storage_metrics
 from conda_store_server.service import get_build, kept_artifacts, purge_build_files
 from conda_store_server.worker.watch_paths import register_watched_environments
@@ -133,6 +133,7 @@ class Supervisor:
         self._last_heartbeat = 0.0
         self._context = build_process_context()
         self._indexer: BaseProcess | None = None
+        self._not_before: dict[str, float] = {}  # periodic job -> monotonic time it can be due
 
     # ------------------------------------------------------------------ the Celery task's side
     def run_build(self, build_id: int) -> str:
@@ -343,12 +344,20 @@ class Supervisor:
         self._index_channels_when_due()
 
     def _due(self, name: str, every_seconds: float) -> bool:
+        """The database is asked only once the job can be due: the next run time read at the
+        last attempt is remembered, so an hourly job costs no query every heartbeat."""
+        if time.monotonic() < self._not_before.get(name, 0.0):
+            return False
         try:
             with self.conda_store.session() as session:
-                return claim_run(session, name, every_seconds)
+                claimed = claim_run(session, name, every_seconds)
+                upcoming = next_run_at(session, name)
         except Exception:
             log.exception("periodic work %s could not be scheduled", name)
             return False
+        wait = (upcoming - utcnow()).total_seconds() if upcoming is not None else 0.0
+        self._not_before[name] = time.monotonic() + min(max(wait, 0.0), every_seconds)
+        return claimed
 
     def _index_channels_when_due(self) -> None:
         """In a child, as builds: this process never runs rattler."""

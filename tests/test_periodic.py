@@ -20,13 +20,16 @@ from conda_store_server.periodic.storage import STORAGE_ROW_ID, record_storage_m
 
 def test_a_period_is_claimed_once(conda_store) -> None:
     with conda_store.session() as first:
-        assert claim_run(first, "job", 3600) is True
+        won = claim_run(first, "job", 3600)
+        assert won.claimed is True
     with conda_store.session() as session:
-        assert claim_run(session, "job", 3600) is False
-        assert claim_run(session, "other-job", 3600) is True
+        lost = claim_run(session, "job", 3600)
+        assert lost.claimed is False
+        assert lost.next_run_at == won.next_run_at  # the loser learns when it is next due
+        assert claim_run(session, "other-job", 3600).claimed is True
     with conda_store.session() as session:
-        assert claim_run(session, "now-again", 0) is True
-        assert claim_run(session, "now-again", 0) is True  # a zero period is always due
+        assert claim_run(session, "now-again", 0).claimed is True
+        assert claim_run(session, "now-again", 0).claimed is True  # a zero period is always due
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from sqlalchemy import select, update
 from conda_store_server.build.keys import artifact_key, build_key, identity_of
 from conda_store_server.db.models import Build, BuildStatus, utcnow
 from conda_store_server.db.session import refresh_query_statistics
-from conda_store_server.periodic import claim_run, next_run_at
+from conda_store_server.periodic import claim_run
 from conda_store_server.periodic.storage import record_storage_metrics
 from conda_store_server.service import get_build, kept_artifacts, purge_build_files
 from conda_store_server.worker.watch_paths import register_watched_environments
@@ -350,14 +350,13 @@ class Supervisor:
             return False
         try:
             with self.conda_store.session() as session:
-                claimed = claim_run(session, name, every_seconds)
-                upcoming = next_run_at(session, name)
+                claim = claim_run(session, name, every_seconds)
         except Exception:
             log.exception("periodic work %s could not be scheduled", name)
             return False
-        wait = (upcoming - utcnow()).total_seconds() if upcoming is not None else 0.0
+        wait = (claim.next_run_at - utcnow()).total_seconds()
         self._not_before[name] = time.monotonic() + min(max(wait, 0.0), every_seconds)
-        return claimed
+        return claim.claimed
 
     def _index_channels_when_due(self) -> None:
         """In a child, as builds: this process never runs rattler."""

@@ -260,7 +260,8 @@ class CondaStore(LoggingConfigurable):
     database_url = Unicode(
         config=True,
         help="SQLAlchemy URL of the database, e.g. `postgresql+psycopg2://user@host/db`. Default: "
-        "SQLite at `<user data dir>/conda-store/conda-store.sqlite`.",
+        "SQLite at `<user data dir>/conda-store/conda-store.sqlite`, or at "
+        "`<store_directory>/.conda-store.sqlite` when store_directory is configured.",
     )
     upgrade_db = Bool(
         True,
@@ -324,11 +325,13 @@ class CondaStore(LoggingConfigurable):
         help="gid given to every file of a built environment. Default: the worker's gid.",
     )
     default_permissions = Unicode(
-        None,
+        "775",
         allow_none=True,
         config=True,
-        help="Octal mode given to every directory and file of a built environment, e.g. '775' "
-        "(files keep no execute bit they did not have). None leaves modes as installed.",
+        help="Octal mode given to every directory and file of a built environment, e.g. '755' "
+        "(files keep no execute bit they did not have: '775' makes them 664 or 775). Files "
+        "hard-linked from the shared package cache get it too, as every environment does. None "
+        "leaves modes as installed.",
     )
     default_docker_base_image = Union(
         [Unicode(), CallableTrait()],
@@ -362,7 +365,10 @@ class CondaStore(LoggingConfigurable):
 
     @default("database_url")
     def _default_database_url(self) -> str:
-        return f"sqlite:///{os.path.join(conda_store_dir(), 'conda-store.sqlite')}"
+        """A configured store_directory holds its own database: two stores never share one."""
+        if self.store_directory == self._default_store_directory():
+            return f"sqlite:///{os.path.join(conda_store_dir(), 'conda-store.sqlite')}"
+        return f"sqlite:///{os.path.join(self.store_directory, '.conda-store.sqlite')}"
 
     @default("celery_broker_url")
     def _default_celery_broker_url(self) -> str:
@@ -396,6 +402,12 @@ class CondaStore(LoggingConfigurable):
     def _storage_thresold_sets_threshold(self, change: dict[str, Any]) -> None:
         self.storage_threshold = change["new"]
 
+    _conda_command_set = Bool(False, help="Whether conda_command was set (by configuration or a caller).")
+
+    @observe("conda_command")
+    def _note_conda_command_set(self, change: dict[str, Any]) -> None:
+        self._conda_command_set = True
+
     @validate("build_key_version")
     def _check_build_key_version(self, proposal: dict[str, Any]) -> int:
         if proposal["value"] not in (1, 2, 3):
@@ -427,8 +439,11 @@ class CondaStore(LoggingConfigurable):
 
     # ================================================================= facade
     def report_conda_command(self) -> None:
-        """Say once, at start-up, that the configured conda command is not what builds run."""
-        if self.conda_command not in SUPPORTED_CONDA_COMMANDS:
+        """Say once, at start-up, that a configured conda command is not what builds run.
+
+        Only when somebody set it: the default is the original's ("mamba"), set by nobody.
+        """
+        if self._conda_command_set and self.conda_command not in SUPPORTED_CONDA_COMMANDS:
             self.log.warning(
                 "CondaStore.conda_command=%r is accepted for compatibility but not used: "
                 "environments are solved and installed by py-rattler in process.",

@@ -10,7 +10,7 @@ from typing import Any
 from traitlets import Bool, Enum, Unicode
 from traitlets.config import Application, catch_config_error
 
-from conda_store_server import __version__
+from conda_store_server import __version__, configuration
 from conda_store_server.app import CondaStore
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -52,15 +52,26 @@ class BaseApplication(Application):
 
     @catch_config_error
     def initialize(self, argv: list[str] | None = None) -> None:
+        """Parse the command line, then load the config file; its errors raise ConfigurationError.
+
+        The file's warnings (misspelled names, unknown options) are kept in
+        `configuration_warnings` for `main` to log once, not in every process that re-reads it.
+        """
         super().initialize(argv)
+        self.configuration_warnings: list[str] = []
+        classes = [type(self), *self.classes]
         if self.config_file:
-            if not os.path.isfile(self.config_file):
-                self.log.critical("config file %s does not exist", self.config_file)
-                sys.exit(1)
-            self.load_config_file(self.config_file)
+            path = os.path.abspath(self.config_file)
+            file_config = configuration.load_file(path)
+            self.configuration_warnings += configuration.apply_aliases(file_config)
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                configuration.check_values(file_config, classes, path, handle.read())
+            self.update_config(file_config)
+        if self.cli_config:
+            self.configuration_warnings += configuration.apply_aliases(self.cli_config)
+            configuration.check_values(self.cli_config, classes, None)
             # command-line values win over the file, as in every traitlets application
-            if self.cli_config:
-                self.update_config(self.cli_config)
+            self.update_config(self.cli_config)
         logging.basicConfig(
             level=self.log_level,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -102,12 +113,25 @@ class BaseApplication(Application):
         self._argv = list(sys.argv[1:] if argv is None else argv)
         super().parse_command_line(argv)
 
+    def report_configuration(self) -> None:
+        """Warn once per start about names the deployment does not define or spells the old way."""
+        for warning in self.configuration_warnings + configuration.unknown_option_warnings(self.config):
+            self.log.warning("%s", warning)
+
     @classmethod
     def main(cls, argv: list[str] | None = None) -> None:
-        """The console entry point: configure, then generate the config file or start."""
+        """The console entry point: configure, then generate the config file or start.
+
+        A configuration that cannot be used stops the command with one message and exit code 1,
+        before anything starts.
+        """
         app = cls()
-        app.initialize(argv)
+        try:
+            app.initialize(argv)
+        except configuration.ConfigurationError as error:
+            sys.exit(f"{app.name}: {error}")
         if app.generate_config:
             app.write_generated_config()
             return
+        app.report_configuration()
         app.start()

@@ -27,6 +27,18 @@ class ConflictError(CondaStoreError):
     """The request conflicts with the current state (becomes a 409)."""
 
 
+class TooLargeError(CondaStoreError):
+    """A value over one of the documented limits of `conda_store_server.limits` (becomes a 413)."""
+
+
+def http_status(error: CondaStoreError) -> int:
+    """The HTTP status a domain error becomes."""
+    for kind, status in ((NotFoundError, 404), (ConflictError, 409), (TooLargeError, 413)):
+        if isinstance(error, kind):
+            return status
+    return 400
+
+
 class BuildFailure(Exception):
     """A build step failed; `reason` is what the user sees in status_info and the log."""
 

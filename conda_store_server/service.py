@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -48,6 +49,8 @@ from conda_store_server.specification import (
 
 if TYPE_CHECKING:
     from conda_store_server.app import CondaStore
+
+T = TypeVar("T")
 
 ACTIVE_STATUSES = (BuildStatus.QUEUED, BuildStatus.BUILDING)
 DELETABLE_STATUSES = (BuildStatus.COMPLETED, BuildStatus.FAILED, BuildStatus.CANCELED)
@@ -99,16 +102,43 @@ def get_build(session: Session, build_id: int) -> Build:
 
 
 def ensure_namespace(session: Session, name: str) -> Namespace:
-    """The namespace, created (or revived after a delete) when missing."""
+    """The namespace, created (or revived after a delete) when missing, even by 30 requests at once."""
     check_name("namespace", name)
-    namespace = session.scalar(select(Namespace).where(Namespace.name == name))
-    if namespace is None:
-        namespace = Namespace(name=name, metadata_={})
-        session.add(namespace)
-        session.flush()
-    elif namespace.deleted_on is not None:
+    namespace = _insert_once(
+        session,
+        lambda: session.scalar(select(Namespace).where(Namespace.name == name)),
+        lambda: Namespace(name=name, metadata_={}),
+    )
+    if namespace.deleted_on is not None:
         namespace.deleted_on = None
     return namespace
+
+
+def ensure_default_namespace(conda_store: CondaStore) -> None:
+    """The original creates it at start; its UI lists `default` in every sidebar."""
+    with conda_store.session() as session:
+        ensure_namespace(session, conda_store.default_namespace)
+
+
+def _insert_once(session: Session, find: Callable[[], T | None], make: Callable[[], T]) -> T:
+    """The row `find` returns, inserted with `make` when missing.
+
+    Concurrent requests creating the same row race between the lookup and the insert; the
+    loser's insert violates the unique constraint inside a savepoint, and it takes the winner's
+    row (committed by then: the constraint made it wait) instead of failing the request.
+    """
+    row = find()
+    if row is not None:
+        return row
+    try:
+        with session.begin_nested():
+            row = make()
+            session.add(row)
+    except IntegrityError:
+        row = find()
+        if row is None:
+            raise
+    return row
 
 
 # ------------------------------------------------------------------------------ creation
@@ -190,15 +220,16 @@ def register_environment(
 
     namespace = ensure_namespace(session, namespace_name)
     specification_row = ensure_specification(session, specification)
-    environment = session.scalar(
-        select(Environment).where(
-            Environment.namespace_id == namespace.id, Environment.name == specification.name
-        )
+    environment = _insert_once(
+        session,
+        lambda: session.scalar(
+            select(Environment).where(
+                Environment.namespace_id == namespace.id, Environment.name == specification.name
+            )
+        ),
+        lambda: Environment(namespace=namespace, name=specification.name, description=""),
     )
-    if environment is None:
-        environment = Environment(namespace=namespace, name=specification.name)
-        session.add(environment)
-    elif environment.deleted_on is not None:
+    if environment.deleted_on is not None:
         environment.deleted_on = None
         environment.current_build_id = None
     if specification.description:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import login, submit, wait_for_build
 from fastapi.testclient import TestClient
@@ -9,6 +11,7 @@ from sqlalchemy import func, select
 
 from conda_store_server import __version__
 from conda_store_server.db.models import Build, Environment, Namespace, Specification
+from conda_store_server.limits import MAX_BODY_BYTES
 from conda_store_server.server.auth import AuthenticationToken
 
 
@@ -90,7 +93,7 @@ def test_wrong_types_and_oversized_bodies(client, conda_store) -> None:
     assert post(client, specification=big).status_code in (413, 422)
     huge = client.post(
         "/api/v1/specification/",
-        content=b"{" + b" " * (17 * 1024 * 1024) + b"}",
+        content=b"{" + b" " * (MAX_BODY_BYTES + 1) + b"}",
         headers={"content-type": "application/json"},
     )
     assert huge.status_code == 413
@@ -116,7 +119,9 @@ def test_solver_failures_are_failed_builds_with_the_reason(client, worker) -> No
     assert broken["status"] == "FAILED"
     assert "does-not-exist" in broken["status_info"]
     assert "Cannot solve the request" in client.get(f"/api/v1/build/{broken['id']}/logs/").text
-    assert client.get("/api/v1/environment/alice/b/").json()["data"]["current_build_id"] is None
+    # until a build completes, the newest stands in (so `conda-store wait alice/b` ends), unlinked
+    assert client.get("/api/v1/environment/alice/b/").json()["data"]["current_build_id"] == broken["id"]
+    assert not (Path(client.app.state.conda_store.store_directory) / "alice" / "envs" / "b").exists()
 
 
 def test_artifacts_need_read_permission(client, worker, conda_store) -> None:

@@ -11,8 +11,11 @@ from conda_store_server.exception import BuildFailure
 def apply_ownership(prefix: str, uid: int | None, gid: int | None, permissions: str | None) -> None:
     """chown/chmod every entry; files only get execute bits the mode grants and they already had.
 
-    Hard links into the shared package cache are broken first where a change is needed, so that
-    one environment's ownership never leaks into the cache or into another environment.
+    The mode is set through hard links into the shared package cache: `default_permissions` is
+    a deployment-wide setting, so every environment wants the same mode on a shared file, and
+    copying each file instead would give up the shared package store. Ownership is different
+    (a file owned by `default_uid` could be changed by that user in every environment), so
+    hard links are broken first where the owner must change.
     """
     mode = int(permissions, 8) if permissions else None
     wants_owner = (uid is not None and uid != os.getuid()) or (gid is not None and gid != os.getgid())
@@ -33,12 +36,14 @@ def apply_ownership(prefix: str, uid: int | None, gid: int | None, permissions: 
                     if wants_owner:
                         os.lchown(path, -1 if uid is None else uid, -1 if gid is None else gid)
                     continue
-                if info.st_nlink > 1:
-                    _unshare(path)
                 if mode is not None:
                     executable = info.st_mode & 0o111
-                    os.chmod(path, (mode & ~0o111) | (mode & executable))
+                    wanted = (mode & ~0o111) | (mode & executable)
+                    if stat.S_IMODE(info.st_mode) != wanted:
+                        os.chmod(path, wanted)
                 if wants_owner:
+                    if info.st_nlink > 1:
+                        _unshare(path)
                     os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
         if mode is not None:
             os.chmod(prefix, mode)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 import urllib.parse
@@ -22,13 +24,15 @@ from traitlets.config import Config
 
 from conda_store_server.app import CondaStore
 from conda_store_server.application import BaseApplication
-from conda_store_server.exception import CondaStoreError, ConflictError, NotFoundError
+from conda_store_server.exception import CondaStoreError, http_status
+from conda_store_server.limits import MAX_BODY_BYTES
 from conda_store_server.server import auth
+from conda_store_server.server.api.listing import DEPRECATION_HEADERS
 from conda_store_server.server.middleware import RequestGuard
 from conda_store_server.server.schema import Login
+from conda_store_server.service import ensure_default_namespace
 from conda_store_server.storage import LocalStorage, S3Storage
 
-MAX_BODY_BYTES = 16 * 1024 * 1024
 SERVER_ARGUMENTS = "CONDA_STORE_SERVER_ARGUMENTS"  # the parent's command line, for its server processes
 
 
@@ -36,7 +40,12 @@ class CondaStoreServer(BaseApplication):
     name = "conda-store-server"
     description = "Serve the conda-store REST API; with --standalone also build environments."
 
-    aliases = {**BaseApplication.aliases, "config": "BaseApplication.config_file"}
+    aliases = {
+        **BaseApplication.aliases,
+        "config": "BaseApplication.config_file",
+        "port": "CondaStoreServer.port",
+        "address": "CondaStoreServer.address",
+    }
     flags = {
         **BaseApplication.flags,
         "standalone": (
@@ -105,8 +114,21 @@ class CondaStoreServer(BaseApplication):
         config=True,
         help="Extra routes [(path, method, function), ...]; method is get, post, put or delete.",
     )
-    cors_allow_origins = List(Unicode(), [], config=True, help="Allowed CORS origins.")
-    cors_allow_origin_regex = Unicode(".*", config=True, help="Allowed CORS origins, as a regex.")
+    cors_allow_origins = List(
+        Unicode(),
+        [],
+        config=True,
+        help="Origins (scheme://host[:port]) whose web pages may call this server's API from a "
+        "browser with the user's login, e.g. ['https://jupyter.example.org']. Default: none, so "
+        "no other site can. '*' lets every origin read public answers, never with credentials.",
+    )
+    cors_allow_origin_regex = Unicode(
+        "",
+        config=True,
+        help="Regular expression of further origins allowed as cors_allow_origins, e.g. "
+        r"'https://.*\.example\.org'. Default: empty (none). A pattern that matches any origin "
+        "is treated as '*': no credentials.",
+    )
     standalone = Bool(
         False,
         config=True,
@@ -136,6 +158,14 @@ class CondaStoreServer(BaseApplication):
     def _check_page_size(self, proposal: dict[str, Any]) -> int:
         if proposal["value"] < 1:
             raise TraitError("c.CondaStoreServer.max_page_size must be at least 1")
+        return proposal["value"]
+
+    @validate("cors_allow_origin_regex")
+    def _check_origin_regex(self, proposal: dict[str, Any]) -> str:
+        try:
+            re.compile(proposal["value"])
+        except re.error as error:
+            raise TraitError(f"{proposal['value']!r} is not a regular expression ({error})") from error
         return proposal["value"]
 
     @default("secret_key")
@@ -173,15 +203,17 @@ class CondaStoreServer(BaseApplication):
     def start(self) -> None:
         conda_store = self.make_conda_store()
         conda_store.ensure_database()
+        ensure_default_namespace(conda_store)
         self.configure_standalone(conda_store)
         self.warn_if_insecure()
         app = self.create_app(conda_store)  # also checks the configuration before any child starts
+        listening = self.bind_socket()  # before the worker starts: a port in use stops everything
         worker = self.spawn_worker(conda_store) if self.standalone else None
         try:
             if self.workers > 1:
-                self.serve_in_processes()
+                self.serve_in_processes(listening)
             else:
-                uvicorn.Server(self.uvicorn_config(app)).run()
+                uvicorn.Server(self.uvicorn_config(app)).run(sockets=[listening])
         except KeyboardInterrupt:
             pass  # uvicorn re-raises Ctrl-C once it has shut down; the shutdown was clean
         finally:
@@ -206,7 +238,28 @@ class CondaStoreServer(BaseApplication):
             factory=isinstance(app, str),
         )
 
-    def serve_in_processes(self) -> None:
+    def bind_socket(self) -> socket.socket:
+        """The listening socket, or one line saying why there is none (and exit code 1)."""
+        try:
+            family, kind, protocol, _, address = socket.getaddrinfo(
+                self.address, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            listening = socket.socket(family, kind, protocol)
+        except OSError as error:
+            sys.exit(f"{self.name}: cannot listen on {self.address}:{self.port}: {error}")
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listening.bind(address)
+        except OSError as error:
+            listening.close()
+            sys.exit(
+                f"{self.name}: cannot listen on {self.address}:{self.port}: {error.strerror}; stop "
+                "what uses that port or choose another with --port (CondaStoreServer.port)"
+            )
+        listening.set_inheritable(True)
+        return listening
+
+    def serve_in_processes(self, listening: socket.socket) -> None:
         """uvicorn's supervisor binds the socket here and starts `workers` processes on it (and
         replaces any that dies). Each rebuilds this server from its command line, in
         `app_from_parent`: configuration files may hold functions, which do not pickle."""
@@ -217,7 +270,7 @@ class CondaStoreServer(BaseApplication):
             arguments.append("--CondaStoreServer.standalone=True")
         os.environ[SERVER_ARGUMENTS] = json.dumps(arguments)
         config = self.uvicorn_config(f"{__name__}:app_from_parent")
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        Multiprocess(config, sockets=[listening]).run()
 
     def warn_if_insecure(self) -> None:
         if not issubclass(self.authentication_class, auth.DummyAuthentication):
@@ -236,8 +289,16 @@ class CondaStoreServer(BaseApplication):
 
     def spawn_worker(self, conda_store: CondaStore) -> subprocess.Popen[bytes]:
         """The standalone worker: a child process with the same configuration."""
+        arguments = self.worker_command(conda_store)
+        self.log.info("standalone: starting worker: %s", " ".join(arguments[1:]))
+        return subprocess.Popen(arguments)
+
+    def worker_command(self, conda_store: CondaStore) -> list[str]:
+        """`-P`: the directory the server was started in is not put on the worker's path, so a
+        `conda_store_server/` folder there cannot stand in for the installed package."""
         arguments = [
             sys.executable,
+            "-P",
             "-m",
             "conda_store_server.worker",
             *self.command_line_arguments(),
@@ -246,12 +307,17 @@ class CondaStoreServer(BaseApplication):
         for option in ("conda_default_channels", "conda_indexed_channels"):
             if option not in self.config.get("CondaStore", {}):
                 arguments.append(f"--CondaStore.{option}={getattr(conda_store, option)!r}")
-        self.log.info("standalone: starting worker: %s", " ".join(arguments[1:]))
-        return subprocess.Popen(arguments)
+        return arguments
 
 
-def _error(status_code: int, message: str) -> JSONResponse:
-    return JSONResponse({"status": "error", "message": message}, status_code=status_code)
+def _error(status_code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"status": "error", "message": message}, status_code=status_code, headers=headers)
+
+
+def _route_headers(request: Request) -> dict[str, str]:
+    """A deprecated route says so on its errors too, not only on success."""
+    route = request.scope.get("route")
+    return DEPRECATION_HEADERS if getattr(route, "deprecated", False) else {}
 
 
 def create_app(
@@ -271,33 +337,37 @@ def create_app(
     app.state.authentication = authentication
     app.state.server = server
 
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=server.cors_allow_origins,
-        allow_origin_regex=server.cors_allow_origin_regex,
-        allow_credentials=True,
-        allow_methods=["*"],
-        allow_headers=["*"],
-    )
+    if server.cors_allow_origins or server.cors_allow_origin_regex:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=server.cors_allow_origins,
+            allow_origin_regex=server.cors_allow_origin_regex or None,
+            allow_credentials=not cors_allows_any_origin(server),
+            allow_methods=["*"],
+            allow_headers=["*"],
+        )
 
     app.add_middleware(RequestGuard, max_body_bytes=MAX_BODY_BYTES)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
-        return _error(error.status_code, str(error.detail))
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        headers = {**(error.headers or {}), **_route_headers(request)}
+        return _error(error.status_code, str(error.detail), headers)
 
     @app.exception_handler(CondaStoreError)
-    async def domain_error(_request: Request, error: CondaStoreError) -> JSONResponse:
-        status = 404 if isinstance(error, NotFoundError) else 409 if isinstance(error, ConflictError) else 400
-        return _error(status, error.message)
+    async def domain_error(request: Request, error: CondaStoreError) -> JSONResponse:
+        return _error(http_status(error), error.message, _route_headers(request))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _jsonable_errors(error.errors())}, status_code=422)
 
     if server.enable_api:
+        from conda_store_server.server.celery_status import celery_router
+
         for router in routers():
             app.include_router(router, prefix=prefix)
+        app.include_router(celery_router(prefix))
     if server.enable_metrics:
         from conda_store_server.server.metrics import metrics_router
 
@@ -357,6 +427,14 @@ def create_app(
     return app
 
 
+def cors_allows_any_origin(server: CondaStoreServer) -> bool:
+    """Credentials for every origin would let any web page act as the logged-in user."""
+    if "*" in server.cors_allow_origins:
+        return True
+    pattern = server.cors_allow_origin_regex
+    return bool(pattern) and re.fullmatch(pattern, "https://any-origin.invalid") is not None
+
+
 def safe_redirect(request: Request, target: str | None, default: str | None) -> str | None:
     """`next` only within this server: a path, or an absolute URL on the host the request named.
 
@@ -378,13 +456,20 @@ def _now() -> Any:
     return datetime.datetime.now(datetime.UTC)
 
 
+#: Longest input echoed back in a 422: a 10 MB body must not come back whole.
+MAX_ECHOED_INPUT_CHARACTERS = 200
+
+
 def _jsonable_errors(errors: Any) -> Any:
-    """Pydantic's error details can hold exceptions (ctx); keep what JSON can carry."""
+    """Pydantic's error details can hold exceptions (ctx); keep what JSON can carry, and echo
+    only short inputs."""
     result = []
     for error in errors:
         item = dict(error)
         if isinstance(item.get("input"), bytes):  # a body that is not JSON
             item["input"] = item["input"].decode("utf-8", "replace")
+        if "input" in item and len(json.dumps(item["input"], default=str)) > MAX_ECHOED_INPUT_CHARACTERS:
+            del item["input"]
         if "ctx" in item:
             item["ctx"] = {k: str(v) for k, v in item["ctx"].items()}
         result.append(item)

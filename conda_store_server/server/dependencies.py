@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from conda_store_server.app import CondaStore
 from conda_store_server.db.session import end_session
 from conda_store_server.server.auth import Authentication, AuthenticationToken, Permissions
+from conda_store_server.specification import validate_name
 
 
 async def get_conda_store(request: Request) -> CondaStore:
@@ -84,6 +85,13 @@ class Caller:
         return all(p.value in granted for p in permissions)
 
     def require(self, arn: str, *permissions: Permissions) -> None:
+        """403 unless granted; a malformed name is a 400 naming the problem, even for an admin
+        (no role can match it, so "not authorized" would hide what to fix)."""
+        if arn:  # the global level of settings has no name
+            namespace, _, name = arn.partition("/")
+            validate_name(namespace, "namespace name")
+            if name:
+                validate_name(name, "environment name")
         if not self.can(arn, *permissions):
             raise HTTPException(status_code=403, detail="request not authorized")
 

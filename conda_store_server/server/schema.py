@@ -8,6 +8,8 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from conda_store_server.db import models
+from conda_store_server.limits import MAX_DESCRIPTION_CHARACTERS
+from conda_store_server.specification import MAX_LOCKFILE_BYTES
 
 T = TypeVar("T")
 
@@ -108,7 +110,7 @@ class Environment(BaseModel):
     name: str
     current_build_id: int | None = None
     current_build: Build | None = None
-    description: str | None = None
+    description: str = ""
 
     @classmethod
     def of(cls, environment: models.Environment) -> Environment:
@@ -116,24 +118,36 @@ class Environment(BaseModel):
             id=environment.id,
             namespace=Namespace.of(environment.namespace),
             name=environment.name,
-            current_build_id=environment.current_build_id,
-            description=environment.description,
+            current_build_id=reported_current_build_id(environment),
+            description=environment.description or "",
         )
+
+
+def reported_current_build_id(environment: models.Environment) -> int | None:
+    """Until a build completes, the newest build stands in as the current one.
+
+    The official client's `conda-store wait ns/env` waits for the environment's current build:
+    right after the first submission there is none, and it would fail at once. The environment
+    directory is still linked only to a completed build.
+    """
+    if environment.current_build_id is not None:
+        return environment.current_build_id
+    return max((build.id for build in environment.builds if build.deleted_on is None), default=None)
 
 
 class SpecificationRequest(BaseModel):
     """Body of POST /api/v1/specification/ (unknown keys are ignored, as upstream)."""
 
-    specification: str = Field("", max_length=1024 * 1024)
+    specification: str = Field("", max_length=MAX_LOCKFILE_BYTES)
     namespace: str | None = None
     is_lockfile: bool = False
     environment_name: str = ""
-    environment_description: str = ""
+    environment_description: str = Field("", max_length=MAX_DESCRIPTION_CHARACTERS)
 
 
 class EnvironmentUpdate(BaseModel):
     build_id: int | None = Field(None, ge=0, le=2**31 - 1)
-    description: str | None = None
+    description: str | None = Field(None, max_length=MAX_DESCRIPTION_CHARACTERS)
 
 
 class Login(BaseModel):

@@ -7,6 +7,7 @@ talking to the API. Without the bundle the server still runs, and /ui/ says how 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from fastapi import APIRouter, Request
@@ -78,6 +79,15 @@ def ui_router(prefix: str) -> APIRouter:
     return router
 
 
-def static_files() -> StaticFiles:
+class _OptionalStaticFiles(StaticFiles):
+    """Static files whose directory may not exist (the bundle was never fetched): then every
+    path is a 404. Starlette's own check would raise, a 500 on each request."""
+
+    async def check_config(self) -> None:
+        if self.directory is not None and os.path.isdir(self.directory):
+            await super().check_config()
+
+
+def static_files(directory: Path = STATIC_DIRECTORY) -> StaticFiles:
     """The bundle's files; a missing bundle is a 404 per file, not an error at start."""
-    return StaticFiles(directory=STATIC_DIRECTORY, check_dir=False)
+    return _OptionalStaticFiles(directory=directory, check_dir=False)

@@ -134,11 +134,21 @@ async def environment_filters(
 EnvironmentFiltersDependency = Depends(environment_filters)
 
 
+#: schema.reported_current_build_id in SQL: the newest build until one completes (the
+#: subquery runs only for environments without a current build)
+REPORTED_CURRENT_BUILD_ID = func.coalesce(
+    Environment.current_build_id,
+    select(func.max(Build.id))
+    .where(Build.environment_id == Environment.id, Build.deleted_on.is_(None))
+    .correlate(Environment)
+    .scalar_subquery(),
+).label("current_build_id")
+
 ENVIRONMENT_COLUMNS = (
     Environment.id,
     Environment.name,
-    Environment.current_build_id,
-    Environment.description,
+    REPORTED_CURRENT_BUILD_ID,
+    func.coalesce(Environment.description, "").label("description"),
     Environment.namespace_id,
     Namespace.name.label("namespace_name"),
     Namespace.metadata_.label("namespace_metadata"),

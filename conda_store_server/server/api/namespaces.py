@@ -6,13 +6,14 @@ about namespaces they cannot read.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from conda_store_server import namespaces, service
+from conda_store_server.limits import MAX_METADATA_BYTES, MAX_ROLE_MAPPINGS, check_json_size
 from conda_store_server.server import schema
 from conda_store_server.server.auth import Permissions
 from conda_store_server.server.dependencies import Caller, CallerDependency, SessionDependency
@@ -21,9 +22,19 @@ router = APIRouter(prefix="/api/v1")
 ACK = {"status": "ok", "message": None}
 
 
+RoleList = Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=10)]
+
+
 class NamespaceUpdate(BaseModel):
     metadata: dict[str, Any] | None = None
-    role_mappings: dict[str, list[str]] | None = Field(None, max_length=1000)
+    role_mappings: dict[Annotated[str, Field(max_length=255)], RoleList] | None = Field(
+        None, max_length=MAX_ROLE_MAPPINGS
+    )
+
+
+def check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    check_json_size(metadata, "namespace metadata", MAX_METADATA_BYTES)
+    return metadata
 
 
 class RoleMapping(BaseModel):
@@ -68,7 +79,7 @@ def api_update_namespace(
     )
     row = service.get_namespace(session, namespace)
     if body.metadata is not None:
-        row.metadata_ = body.metadata
+        row.metadata_ = check_metadata(body.metadata)
     if body.role_mappings is not None:
         namespaces.replace_role_mappings_v1(session, row, body.role_mappings)
     return ACK
@@ -82,7 +93,7 @@ def api_update_namespace_metadata(
     session: Session = SessionDependency,
 ) -> dict[str, Any]:
     caller.require(namespace, Permissions.NAMESPACE_UPDATE)
-    service.get_namespace(session, namespace).metadata_ = metadata
+    service.get_namespace(session, namespace).metadata_ = check_metadata(metadata)
     return ACK
 
 

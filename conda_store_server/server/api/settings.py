@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from conda_store_server import settings
 from conda_store_server.app import CondaStore
+from conda_store_server.limits import MAX_SETTINGS_BYTES, check_json_size, check_setting_items
 from conda_store_server.server.auth import Permissions
 from conda_store_server.server.dependencies import (
     Caller,
@@ -47,6 +48,8 @@ def write_settings(
     environment: str | None,
 ) -> dict[str, Any]:
     caller.require(_arn(namespace, environment), Permissions.SETTING_UPDATE)
+    check_json_size(data, "the settings update", MAX_SETTINGS_BYTES)
+    check_setting_items(data)
     settings.set_settings(session, conda_store, data, namespace, environment)
     message = f"{_level(namespace, environment)} setting keys {sorted(data)} updated"
     return {"status": "ok", "data": None, "message": message}

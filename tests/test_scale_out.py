@@ -1,8 +1,8 @@
 """A scaled-out deployment survives its faults: server + 2 workers on PostgreSQL, Redis and S3.
 
-Builds run at once on both workers; a worker is killed mid-build, a running and a queued build
-are canceled, the server restarts mid-queue; every build must end in a final state, with the
-artifacts of the completed ones in S3.
+Builds run at once on both workers; a worker is killed mid-build (its build goes back to the queue
+and is built again), a running and a queued build are canceled, the server restarts mid-queue;
+every build must end in a final state, with the artifacts of the completed ones in S3.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from conftest import REDIS_URL, ServerProcess, WorkerProcess, require_service, write_config
+from conftest import REDIS_URL, ServerProcess, WorkerProcess, allow_channels, require_service, write_config
 from slow_channel import SlowChannel
 from sqlalchemy import select
 
@@ -35,7 +35,8 @@ def slow_channel(demo_channel) -> Iterator[SlowChannel]:
 
 
 @pytest.fixture
-def store_settings(store_settings, s3_endpoint):
+def store_settings(store_settings, s3_endpoint, slow_channel):
+    allow_channels(store_settings, slow_channel.url)
     require_service("redis", REDIS_URL)
     redis.Redis.from_url(REDIS_URL).flushdb()  # no message or result of an earlier test
     store_settings["CondaStore"].update(
@@ -105,17 +106,19 @@ def test_faults_leave_no_build_stuck(store_settings, conda_store, slow_channel, 
         withdrawn = submit("withdrawn")
         assert client.put(f"/api/v1/build/{withdrawn}/cancel/").status_code == 200
 
-        # SIGKILL the worker running `doomed`: FAILED with the reason within 30 s
+        # SIGKILL the worker running `doomed`: back in the queue within 30 s, to be built again
         with conda_store.session() as session:
-            worker_id = session.scalar(select(Build.worker_id).where(Build.id == doomed))
-        victim = next(w for w in workers if w.process and f":{w.process.pid}:" in (worker_id or ""))
+            doomed_worker_id = session.scalar(select(Build.worker_id).where(Build.id == doomed))
+        victim = next(w for w in workers if w.process and f":{w.process.pid}:" in (doomed_worker_id or ""))
         assert victim.process is not None
         os.kill(victim.process.pid, signal.SIGKILL)
         victim.process.wait()
         killed_at = time.monotonic()
-        failed = wait_until(client, doomed, FINAL, timeout=30)
-        assert failed["status"] == "FAILED" and "abandoned" in failed["status_info"], failed
+        requeued = wait_until(client, doomed, {"QUEUED"} | FINAL, timeout=30)
+        assert requeued["status"] == "QUEUED", requeued
+        assert "is no longer running; queued again (attempt 2 of 3)" in requeued["status_info"], requeued
         assert time.monotonic() - killed_at < 30
+        slow_channel.delay = 0  # its rebuild is quick; `canceled` still waits on its request
 
         # the server restarts mid-queue: nothing is lost, the session cookie still works
         server.stop()
@@ -127,7 +130,7 @@ def test_faults_leave_no_build_stuck(store_settings, conda_store, slow_channel, 
         assert wait_until(client, canceled, FINAL, timeout=15)["status"] == "CANCELED"
         victim.start("--concurrency=1")
 
-        for build_id in queued:
+        for build_id in [doomed, *queued]:
             build = wait_until(client, build_id, FINAL, timeout=120)
             assert build["status"] == "COMPLETED", client.get(f"/api/v1/build/{build_id}/logs/").text
             kinds = stored_artifacts(client, build_id)
@@ -137,11 +140,12 @@ def test_faults_leave_no_build_stuck(store_settings, conda_store, slow_channel, 
         withdrawn_build = client.get(f"/api/v1/build/{withdrawn}/").json()["data"]
         assert withdrawn_build["status"] == "CANCELED" and withdrawn_build["started_on"] is None
 
-        # both workers took part, and every build is final
+        # both workers took part (the victim ran `doomed` until it was killed), every build is final
         with conda_store.session() as session:
             rows = session.execute(select(Build.id, Build.status, Build.worker_id)).all()
         assert all(status.value in FINAL for _, status, _ in rows), rows
-        assert len({worker_id.split(":")[1] for _, _, worker_id in rows if worker_id}) >= 2
+        ran_on = {worker_id for _, _, worker_id in rows if worker_id} | {doomed_worker_id}
+        assert len({worker_id.split(":")[1] for worker_id in ran_on}) >= 2, ran_on
     finally:
         client.close()
         for worker in workers:

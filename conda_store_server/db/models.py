@@ -1,7 +1,7 @@
 """SQLAlchemy 2 models: the tables and columns of conda-store's schema (upstream-api §3).
 
-Columns we add beyond upstream (build supervision, cancel) are nullable so that a database
-created by the original keeps working after `alembic upgrade`.
+Columns we add beyond upstream (build supervision, cancel, interruptions) are nullable or have a
+server default, so that a database created by the original keeps working after `alembic upgrade`.
 """
 
 from __future__ import annotations
@@ -177,6 +177,10 @@ class Build(Base):
     worker_id: Mapped[str | None] = mapped_column(Unicode(255))
     heartbeat_on: Mapped[datetime.datetime | None] = mapped_column(DateTime)
     cancel_requested_on: Mapped[datetime.datetime | None] = mapped_column(DateTime)
+    # How often a worker's stop or death gave the build back to the queue: bounded, so that a
+    # build which itself brings its workers down ends FAILED. The server default fills the rows
+    # of a database created by the original, and of any writer that does not know the column.
+    interruptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     specification: Mapped[Specification] = relationship()
     environment: Mapped[Environment] = relationship(back_populates="builds", foreign_keys=[environment_id])

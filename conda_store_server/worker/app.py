@@ -15,6 +15,7 @@ from traitlets import Bool, Integer, List, Unicode
 
 from conda_store_server.app import CondaStore
 from conda_store_server.application import BaseApplication
+from conda_store_server.registry import ContainerRegistry
 from conda_store_server.storage import LocalStorage, S3Storage
 from conda_store_server.worker.queue import prepare_broker
 from conda_store_server.worker.supervisor import StoreRecipe, Supervisor, die_with_parent
@@ -27,7 +28,7 @@ class CondaStoreWorker(BaseApplication):
     name = "conda-store-worker"
     description = "Build conda environments queued by conda-store-server."
 
-    classes = [CondaStore, LocalStorage, S3Storage]
+    classes = [CondaStore, LocalStorage, S3Storage, ContainerRegistry]
     aliases = {
         **BaseApplication.aliases,
         "config": "BaseApplication.config_file",
@@ -79,7 +80,7 @@ class CondaStoreWorker(BaseApplication):
 
         @worker_shutting_down.connect(weak=False)
         def stop_builds(**_: Any) -> None:
-            self.log.info("stopping: running builds are stopped and marked FAILED")
+            self.log.info("stopping: running builds are stopped and given back to the queue")
             stop.set()
 
         self.log.info(

@@ -5,8 +5,12 @@ supervisor itself) claim a QUEUED build with a conditional update, so two worker
 the same build; the build then runs in a child forked into its own process group. A monitor
 thread, every few seconds: proves running builds are alive (heartbeat), kills those canceled or
 over their wall-clock limit, settles the status of those whose child is gone, and runs the
-deployment's periodic work when the database says it is this worker's turn. Any worker marks
-FAILED the builds whose heartbeat stopped: their worker died.
+deployment's periodic work when the database says it is this worker's turn.
+
+A build is not failed by what happens to its worker: a worker that is stopped (a restart, a
+deploy) gives its running builds back to the queue, and any worker gives back the builds whose
+worker died (its heartbeat stopped). They are built again from the start by the next worker that
+claims them, up to MAX_BUILD_INTERRUPTIONS times; then they end FAILED, saying why.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from conda_store_server.build.keys import artifact_key, build_key, identity_of
 from conda_store_server.db.models import Build, BuildStatus, utcnow
@@ -54,6 +59,14 @@ WATCH_PATHS_EVERY_SECONDS = 10.0
 STORAGE_METRICS_EVERY_SECONDS = 60.0
 QUERY_STATISTICS_EVERY_SECONDS = 3600.0
 INDEX_CHANNELS_EVERY_SECONDS = 3600.0
+# the interruption (its worker stopped or died) that ends a build FAILED instead of queued again:
+# a build that itself brings its workers down (memory, disk) must not circle the queue forever
+MAX_BUILD_INTERRUPTIONS = 3
+# a build process killed by a stop signal nobody here sent was most likely signalled together with
+# its worker (systemd stops a whole cgroup, a terminal a whole process group): the worker's own
+# signal gets this long to arrive, and then the build is interrupted, not crashed
+WORKER_STOP_GRACE_SECONDS = 1.0
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP})
 PR_SET_PDEATHSIG = 1
 FORK_SERVER_PRELOAD = (
     "conda_store_server.worker.app",
@@ -68,8 +81,10 @@ class RunningBuild:
     build_id: int
     process: BaseProcess
     started: float = field(default_factory=time.monotonic)
+    # the outcome decided for a build stopped here; QUEUED means it is given back to the queue
     stopping_reason: tuple[BuildStatus, str] | None = None
     kill_sent_at: float | None = None
+    found_dead_at: float | None = None
     final_status: str = ""
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -184,15 +199,14 @@ class Supervisor:
         self._check_requests()
 
     def shutdown(self) -> None:
-        """Stop every running build; a stopped worker must not leave builds BUILDING."""
+        """Stop every running build and give it back to the queue: a restart must not fail builds,
+        and a stopped worker must not leave them BUILDING."""
         with self._slots:
             self._stopping = True
             self._slots.notify_all()
             for running in self.running.values():
-                running.stopping_reason = (
-                    BuildStatus.FAILED,
-                    "the worker running this build was shut down; rebuild the environment",
-                )
+                if running.stopping_reason is None:  # a cancel or a timeout under way keeps its outcome
+                    running.stopping_reason = (BuildStatus.QUEUED, f"its worker {self.worker_id} was stopped")
                 _kill(running)
         if self._indexer is not None and self._indexer.is_alive():
             self._indexer.terminate()
@@ -209,12 +223,20 @@ class Supervisor:
             self._enforce_limits()
             time.sleep(0.05)
         for running in list(self.running.values()):
-            log.error("build %s (process %s) did not stop", running.build_id, running.process.pid)
-            running.final_status = "FAILED"
+            log.error(
+                "build %s (process %s) did not stop; it stays BUILDING until recovery gives it back",
+                running.build_id,
+                running.process.pid,
+            )
+            running.final_status = BuildStatus.BUILDING.value
             running.done.set()
 
     # ------------------------------------------------------------------ claiming and starting
     def _claim(self, build_id: int) -> bool:
+        """Take a QUEUED build (callers hold `_slots`). Not one whose earlier process is still
+        being stopped here: recovery may have given it back while this worker looked dead."""
+        if build_id in self.running:
+            return False
         now = utcnow()
         with self.conda_store.session() as session:
             return bool(
@@ -278,10 +300,11 @@ class Supervisor:
         try:
             process.start()
         except Exception as error:  # noqa: BLE001 - e.g. the fork server died: the build must not stay BUILDING
+            # not the build's fault: multiprocessing starts a new fork server for the next process
             log.exception("build %s: no build process could be started", build_id)
             running.stopping_reason = (
-                BuildStatus.FAILED,
-                f"the worker could not start a process for this build ({error}); rebuild it",
+                BuildStatus.QUEUED,
+                f"its worker {self.worker_id} could not start a process for it ({error})",
             )
             running.final_status = self._settle(running)
             running.done.set()
@@ -292,13 +315,18 @@ class Supervisor:
 
     # ------------------------------------------------------------------ supervision
     def _heartbeat(self) -> None:
+        """Only for builds this worker still holds: one recovery gave back may run elsewhere now."""
         build_ids = list(self.running)
         if not build_ids:
             return
         with self.conda_store.session() as session:
             session.execute(
                 update(Build)
-                .where(Build.id.in_(build_ids), Build.status == BuildStatus.BUILDING)
+                .where(
+                    Build.id.in_(build_ids),
+                    Build.status == BuildStatus.BUILDING,
+                    Build.worker_id == self.worker_id,
+                )
                 .values(heartbeat_on=utcnow())
                 .execution_options(synchronize_session=False)
             )
@@ -316,17 +344,31 @@ class Supervisor:
                 _kill(running, signal.SIGKILL)
 
     def _check_requests(self) -> None:
-        """Cancel and delete are rows in the database, so they reach the build on any broker."""
+        """Cancel and delete are rows in the database, so they reach the build on any broker.
+
+        So does the news that the build is no longer this worker's: recovery elsewhere took this
+        worker for dead (its heartbeat went stale) and gave the build back to the queue. Its
+        process stops at once, before it could finish a build another worker may be running.
+        """
         build_ids = list(self.running)
         if not build_ids:
             return
         with self.conda_store.session() as session:
             rows = session.execute(
-                select(Build.id, Build.cancel_requested_on, Build.deleted_on).where(Build.id.in_(build_ids))
+                select(Build.id, Build.cancel_requested_on, Build.deleted_on, Build.worker_id).where(
+                    Build.id.in_(build_ids)
+                )
             ).all()
-        for build_id, cancel_requested_on, deleted_on in rows:
+        for build_id, cancel_requested_on, deleted_on, worker_id in rows:
             running = self.running.get(build_id)
-            if running and running.stopping_reason is None and (cancel_requested_on or deleted_on):
+            if running is None or running.stopping_reason is not None:
+                continue
+            if worker_id != self.worker_id:
+                log.warning("build %s was given to another worker while it ran here: stopping it", build_id)
+                # nothing is written for it: _settle only decides the builds this worker holds
+                running.stopping_reason = (BuildStatus.QUEUED, "given to another worker")
+                _kill(running)
+            elif cancel_requested_on or deleted_on:
                 running.stopping_reason = (BuildStatus.CANCELED, "canceled by request")
                 _kill(running)
 
@@ -375,7 +417,7 @@ class Supervisor:
 
     def _reap(self) -> None:
         for build_id, running in list(self.running.items()):
-            if running.process.is_alive():
+            if running.process.is_alive() or self._may_be_stopping_with_its_worker(running):
                 continue
             running.process.join()
             running.final_status = self._settle(running)
@@ -384,27 +426,39 @@ class Supervisor:
                 self._slots.notify_all()
             running.done.set()
 
+    def _may_be_stopping_with_its_worker(self, running: RunningBuild) -> bool:
+        """True for a moment after a build process was killed by a stop signal this worker did not
+        send: when the worker's own stop follows, the build is given back instead of failed."""
+        exitcode = running.process.exitcode
+        if self._stopping or running.stopping_reason is not None or exitcode is None or exitcode >= 0:
+            return False
+        if -exitcode not in STOP_SIGNALS:
+            return False  # a crash (SIGSEGV, SIGABRT, ...) is the build's own
+        now = time.monotonic()
+        running.found_dead_at = running.found_dead_at or now
+        return now - running.found_dead_at < WORKER_STOP_GRACE_SECONDS
+
     def _settle(self, running: RunningBuild) -> str:
-        """The child is gone: whatever it did not finish is decided here, and deleted builds purged."""
+        """The child is gone: whatever it did not finish is decided here, and deleted builds purged.
+
+        Only for a build this worker still holds: recovery elsewhere may have given it back to
+        the queue (this worker looked dead), and another worker may be building it now.
+        """
         exitcode = running.process.exitcode
         status, reason = running.stopping_reason or (
             BuildStatus.FAILED,
             f"the build process ended unexpectedly ({_describe_exit(exitcode)}); see the log",
         )
         with self.conda_store.session() as session:
-            changed = session.execute(
-                update(Build)
-                .where(Build.id == running.build_id, Build.status == BuildStatus.BUILDING)
-                .values(status=status, ended_on=utcnow(), status_info=reason)
-                .execution_options(synchronize_session=False)
-            ).rowcount
             build = get_build(session, running.build_id)
-            if changed:
-                _append_log(self.conda_store, build, f"build {build.id} marked {status.value}: {reason}")
-            if build.deleted_on is not None:
-                purge_build_files(self.conda_store, build, kept_artifacts(session, self.conda_store))
+            if build.worker_id == self.worker_id:
+                if status == BuildStatus.QUEUED:
+                    _give_back(self.conda_store, session, build, reason)
+                else:
+                    _end(self.conda_store, session, build, status, reason)
+                _purge_if_deleted(self.conda_store, session, build)
             final = build.status.value
-        log.info("build %s ended: %s", running.build_id, final)
+        log.info("build %s ended here: %s", running.build_id, final)
         return final
 
 
@@ -424,35 +478,102 @@ def _worker_is_dead(worker_id: str | None) -> bool:
 
 
 def recover_stale_builds(conda_store: CondaStore, stale_after: float = STALE_AFTER_SECONDS) -> list[int]:
-    """Mark FAILED the BUILDING builds whose worker is gone.
+    """Give back to the queue the BUILDING builds whose worker is gone; the ids of those recovered.
 
     A worker is gone when its heartbeat stopped, or at once when it ran on this machine and its
-    process no longer exists.
+    process no longer exists. Its builds keep their `scheduled_on`, so that any worker with a free
+    slot claims them from the database at its next heartbeat (see `_claim_unannounced`): no
+    message is published from here, as a broker that does not answer would hold up the monitor
+    thread and with it this worker's own heartbeats. Cancel-requested (or deleted) builds end
+    CANCELED instead, and a build interrupted MAX_BUILD_INTERRUPTIONS times ends FAILED.
     """
     cutoff = utcnow() - datetime.timedelta(seconds=stale_after)
     recovered = []
     with conda_store.session() as session:
         building = session.scalars(select(Build).where(Build.status == BuildStatus.BUILDING)).all()
-        stale = [
-            build
-            for build in building
-            if (build.heartbeat_on or build.started_on or cutoff) < cutoff or _worker_is_dead(build.worker_id)
-        ]
-        for build in stale:
-            reason = (
-                f"the worker running this build ({build.worker_id or 'unknown'}) stopped responding "
-                f"(last heartbeat {build.heartbeat_on} UTC); the build was abandoned: rebuild it"
-            )
-            changed = session.execute(
-                update(Build)
-                .where(Build.id == build.id, Build.status == BuildStatus.BUILDING)
-                .values(status=BuildStatus.FAILED, ended_on=utcnow(), status_info=reason)
-                .execution_options(synchronize_session=False)
-            ).rowcount
-            if changed:
+        for build in building:
+            if _worker_is_dead(build.worker_id):
+                why = f"its worker {build.worker_id} is no longer running"
+            elif (build.heartbeat_on or build.started_on or cutoff) < cutoff:
+                why = (
+                    f"its worker {build.worker_id or '(unknown)'} stopped responding "
+                    f"(last heartbeat {build.heartbeat_on} UTC)"
+                )
+            else:
+                continue
+            if _give_back(conda_store, session, build, why) is not None:
                 recovered.append(build.id)
-                _append_log(conda_store, get_build(session, build.id), reason)
+                _purge_if_deleted(conda_store, session, build)
     return recovered
+
+
+def _give_back(conda_store: CondaStore, session: Session, build: Build, why: str) -> BuildStatus | None:
+    """Return a build interrupted by its worker to the queue, to be built again from the start.
+
+    `build` is as this session read it, BUILDING under the claim that was interrupted: the update
+    applies only if the row is still so, so that two workers recovering the same build count one
+    interruption. A build whose cancel was requested (or which was deleted) ends CANCELED, and
+    the MAX_BUILD_INTERRUPTIONS-th interruption ends it FAILED. The new status, or None when the
+    build had already moved on. The half-installed prefix is left to the next build, which
+    removes a prefix it finds before it installs.
+    """
+    interruptions = build.interruptions + 1
+    values: dict[str, object] = {"interruptions": interruptions}
+    if build.cancel_requested_on is not None or build.deleted_on is not None:
+        status = BuildStatus.CANCELED
+        values["status_info"] = f"canceled by request ({why} before it could stop the build)"
+        line = f"build {build.id} marked CANCELED: {values['status_info']}"
+    elif interruptions >= MAX_BUILD_INTERRUPTIONS:
+        status = BuildStatus.FAILED
+        values["status_info"] = (
+            f"the build was interrupted {interruptions} times by its worker stopping "
+            f"(the last time: {why}); rebuild it"
+        )
+        line = f"build {build.id} was interrupted: {why}; marked FAILED: {values['status_info']}"
+    else:
+        status = BuildStatus.QUEUED
+        attempt = f"attempt {interruptions + 1} of {MAX_BUILD_INTERRUPTIONS}"
+        values["status_info"] = f"interrupted: {why}; queued again ({attempt})"
+        values.update(worker_id=None, started_on=None, heartbeat_on=None)
+        line = f"build {build.id} was interrupted: {why}; queued again ({attempt})"
+    if status.is_final:
+        values["ended_on"] = utcnow()
+    changed = session.execute(
+        update(Build)
+        .where(
+            Build.id == build.id,
+            Build.status == BuildStatus.BUILDING,
+            Build.worker_id.is_not_distinct_from(build.worker_id),
+            Build.interruptions == build.interruptions,
+        )
+        .values(status=status, **values)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    session.refresh(build)
+    if not changed:
+        return None
+    log.info("%s", line)
+    _append_log(conda_store, build, line)
+    return status
+
+
+def _end(conda_store: CondaStore, session: Session, build: Build, status: BuildStatus, reason: str) -> None:
+    """Give a build its final status, unless its process (or anyone else) decided it already."""
+    changed = session.execute(
+        update(Build)
+        .where(Build.id == build.id, Build.status == BuildStatus.BUILDING, Build.worker_id == build.worker_id)
+        .values(status=status, ended_on=utcnow(), status_info=reason)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    session.refresh(build)
+    if changed:
+        _append_log(conda_store, build, f"build {build.id} marked {status.value}: {reason}")
+
+
+def _purge_if_deleted(conda_store: CondaStore, session: Session, build: Build) -> None:
+    """A deleted build that has ended loses its prefix and the artifacts not kept on deletion."""
+    if build.deleted_on is not None and build.status.is_final:
+        purge_build_files(conda_store, build, kept_artifacts(session, conda_store))
 
 
 def _append_log(conda_store: CondaStore, build: Build, line: str) -> None:
@@ -463,8 +584,8 @@ def _append_log(conda_store: CondaStore, build: Build, line: str) -> None:
 def _kill(running: RunningBuild, sig: int = signal.SIGTERM) -> None:
     """Signal the build's whole process group (solver threads, packers, pip)."""
     pid = running.process.pid
-    if pid is None:
-        return
+    if pid is None or running.process.exitcode is not None:
+        return  # not started, or ended (and reaped): its pid may already be another process's
     if running.kill_sent_at is None:
         running.kill_sent_at = time.monotonic()  # escalates to SIGKILL if this one is not enough
     try:
@@ -492,6 +613,26 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
         pass
 
 
+def _end_with_worker() -> None:
+    """Kill this build process's group as soon as the worker that started it is gone.
+
+    PR_SET_PDEATHSIG names the fork server, not the worker, and the fork server outlives a killed
+    worker while any build process runs (each holds a copy of the pipe the fork server watches
+    for its client's end). A build left running would race the rebuild that another worker starts
+    once the build is given back to the queue, so a thread waits for the worker's end (the
+    sentinel multiprocessing hands every child) and kills the group, this process included.
+    """
+    worker = multiprocessing.parent_process()
+    if worker is None:
+        return
+
+    def watch() -> None:
+        worker.join()
+        os.killpg(os.getpid(), signal.SIGKILL)  # the group this process leads since its setsid()
+
+    threading.Thread(target=watch, name="end-with-worker", daemon=True).start()
+
+
 def _index_child_main(recipe: StoreRecipe) -> None:
     die_with_parent()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -510,7 +651,8 @@ def _index_child_main(recipe: StoreRecipe) -> None:
 
 def _child_main(recipe: StoreRecipe, build_id: int) -> None:
     os.setsid()
-    die_with_parent()  # a build must not outlive its worker (nor the fork server, which dies with it)
+    die_with_parent()  # a build must not outlive its fork server
+    _end_with_worker()  # nor its worker
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     from conda_store_server.build.pipeline import run_build

@@ -185,7 +185,9 @@ class CondaStore(LoggingConfigurable):
         [],
         config=True,
         help="Channels a specification may use (names or URLs, compared after the channel alias "
-        "is applied). Empty: every channel is allowed.",
+        "is applied). Empty: any channel under conda_channel_alias or on a public http(s) host; "
+        "file:// URLs and loopback, link-local or private hosts only when configured here, in "
+        "conda_default_channels or in conda_indexed_channels.",
     )
     conda_indexed_channels = List(
         Unicode(),

@@ -31,6 +31,10 @@ class TooLargeError(CondaStoreError):
     """A value over one of the documented limits of `conda_store_server.limits` (becomes a 413)."""
 
 
+class SpecificationTooLargeError(SpecificationError, TooLargeError):
+    """A specification or lockfile text over its documented size (a 413, and a specification error)."""
+
+
 def http_status(error: CondaStoreError) -> int:
     """The HTTP status a domain error becomes."""
     for kind, status in ((NotFoundError, 404), (ConflictError, 409), (TooLargeError, 413)):

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, selectinload
 
 from conda_store_server.build.keys import (
@@ -39,6 +39,7 @@ from conda_store_server.exception import (
     NotFoundError,
     SpecificationError,
 )
+from conda_store_server.fetch_policy import check_specification_urls
 from conda_store_server.settings import get_settings
 from conda_store_server.specification import (
     CondaSpecification,
@@ -104,11 +105,7 @@ def get_build(session: Session, build_id: int) -> Build:
 def ensure_namespace(session: Session, name: str) -> Namespace:
     """The namespace, created (or revived after a delete) when missing, even by 30 requests at once."""
     check_name("namespace", name)
-    namespace = _insert_once(
-        session,
-        lambda: session.scalar(select(Namespace).where(Namespace.name == name)),
-        lambda: Namespace(name=name, metadata_={}),
-    )
+    namespace = insert_once(session, Namespace, {"name": name, "metadata_": {}}, ("name",))
     if namespace.deleted_on is not None:
         namespace.deleted_on = None
     return namespace
@@ -120,25 +117,22 @@ def ensure_default_namespace(conda_store: CondaStore) -> None:
         ensure_namespace(session, conda_store.default_namespace)
 
 
-def _insert_once(session: Session, find: Callable[[], T | None], make: Callable[[], T]) -> T:
-    """The row `find` returns, inserted with `make` when missing.
+def insert_once(session: Session, model: type[T], values: dict[str, Any], unique: tuple[str, ...]) -> T:
+    """The row of `model` whose `unique` columns have these values, inserted when missing.
 
-    Concurrent requests creating the same row race between the lookup and the insert; the
-    loser's insert violates the unique constraint inside a savepoint, and it takes the winner's
-    row (committed by then: the constraint made it wait) instead of failing the request.
+    Concurrent requests creating the same row race between a lookup and an insert. An insert
+    that does nothing on conflict waits for the winner's commit (its unique index makes it) and
+    then leaves its row alone, so every request gets that row and none fails. No savepoint:
+    SQLite's driver opens no transaction for one, and its release would commit the request's
+    earlier work.
     """
-    row = find()
+    key = {column: values[column] for column in unique}
+    row = session.scalars(select(model).filter_by(**key)).one_or_none()
     if row is not None:
         return row
-    try:
-        with session.begin_nested():
-            row = make()
-            session.add(row)
-    except IntegrityError:
-        row = find()
-        if row is None:
-            raise
-    return row
+    dialect_insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    session.execute(dialect_insert(model).values(**values).on_conflict_do_nothing(index_elements=list(unique)))
+    return session.scalars(select(model).filter_by(**key)).one()
 
 
 # ------------------------------------------------------------------------------ creation
@@ -148,16 +142,24 @@ def prepare_specification(
     namespace: str,
     specification: CondaSpecification | LockfileSpecification,
 ) -> CondaSpecification | LockfileSpecification:
-    """Apply the deployment's policy (lockfiles are taken as they are, like the original)."""
-    if isinstance(specification, LockfileSpecification):
-        return specification
+    """Apply the deployment's policy, then refuse URLs a worker must not fetch.
+
+    Lockfiles get no package policy (like the original), but their package URLs must lie in
+    the channels the policy allows. The URL rules run after the `validate_specification`
+    hook, whatever it is, so a custom hook cannot lift them.
+    """
     settings = get_settings(session, conda_store, namespace, specification.name)
+    policy = settings.specification_policy()
+    if isinstance(specification, LockfileSpecification):
+        check_specification_urls(specification, policy)
+        return specification
     try:
         validated = conda_store.call_validate_specification(namespace, specification, settings)
     except ValueError as error:
         raise SpecificationError(str(error)) from error
     if not isinstance(validated, CondaSpecification):
         validated = CondaSpecification.model_validate(validated)
+    check_specification_urls(validated, policy)
     return validated
 
 
@@ -165,22 +167,13 @@ def ensure_specification(
     session: Session, specification: CondaSpecification | LockfileSpecification
 ) -> Specification:
     """Specifications are shared by content hash; concurrent inserts of one hash are tolerated."""
-    sha256 = specification_hash(specification)
-    existing = session.scalar(select(Specification).where(Specification.sha256 == sha256))
-    if existing is not None:
-        return existing
-    row = Specification(
-        name=specification.name,
-        spec=specification.model_dump(mode="json"),
-        sha256=sha256,
-        is_lockfile=isinstance(specification, LockfileSpecification),
-    )
-    try:
-        with session.begin_nested():
-            session.add(row)
-    except IntegrityError:
-        row = session.scalars(select(Specification).where(Specification.sha256 == sha256)).one()
-    return row
+    values = {
+        "name": specification.name,
+        "spec": specification.model_dump(mode="json"),
+        "sha256": specification_hash(specification),
+        "is_lockfile": isinstance(specification, LockfileSpecification),
+    }
+    return insert_once(session, Specification, values, ("sha256",))
 
 
 def register_environment(
@@ -220,14 +213,11 @@ def register_environment(
 
     namespace = ensure_namespace(session, namespace_name)
     specification_row = ensure_specification(session, specification)
-    environment = _insert_once(
+    environment = insert_once(
         session,
-        lambda: session.scalar(
-            select(Environment).where(
-                Environment.namespace_id == namespace.id, Environment.name == specification.name
-            )
-        ),
-        lambda: Environment(namespace=namespace, name=specification.name, description=""),
+        Environment,
+        {"namespace_id": namespace.id, "name": specification.name, "description": ""},
+        ("namespace_id", "name"),
     )
     if environment.deleted_on is not None:
         environment.deleted_on = None

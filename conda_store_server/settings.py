@@ -66,12 +66,18 @@ class Settings(BaseModel):
     build_artifacts: list[str]
 
     def specification_policy(self) -> SpecificationPolicy:
+        """The settings that shape and check specifications, for the pure policy functions.
+
+        The indexed channels are carried along because the URL rules trust every channel the
+        administrator configured, not only the default and allowed ones.
+        """
         from conda_store_server.specification import SpecificationPolicy
 
         return SpecificationPolicy(
             conda_channel_alias=self.conda_channel_alias,
             conda_default_channels=tuple(self.conda_default_channels),
             conda_allowed_channels=tuple(self.conda_allowed_channels),
+            conda_indexed_channels=tuple(self.conda_indexed_channels),
             conda_default_packages=tuple(self.conda_default_packages),
             conda_required_packages=tuple(self.conda_required_packages),
             conda_included_packages=tuple(self.conda_included_packages),

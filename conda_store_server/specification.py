@@ -4,7 +4,8 @@ An environment is described by an ``environment.yaml`` (:class:`CondaSpecificati
 user-supplied conda-lock v1 file (:class:`LockfileSpecification`). This module turns the text a
 user sent into one of those models, or into a :class:`SpecificationError` whose message says
 what to change. It also computes the content hash that deduplicates specifications, and applies
-a deployment's package and channel policy (:class:`SpecificationPolicy`).
+a deployment's package and channel policy (:class:`SpecificationPolicy`); which URLs a worker
+may be made to fetch is `conda_store_server.fetch_policy`.
 
 Everything here is pure and deterministic: no disk, network, clock or environment variables.
 That way the HTTP layer can validate before it authorizes (as upstream does), and tests need
@@ -13,6 +14,7 @@ no fixtures.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -37,7 +39,7 @@ from pydantic_core import PydanticCustomError
 from rattler.exceptions import InvalidMatchSpecError
 
 from conda_store_server.conda_lock_models import Lockfile
-from conda_store_server.exception import SpecificationError
+from conda_store_server.exception import SpecificationError, SpecificationTooLargeError
 
 __all__ = [
     "MAX_ERROR_LINES",
@@ -298,9 +300,10 @@ Description = Annotated[str, BeforeValidator(_description_or_empty)]
 class CondaSpecification(BaseModel):
     """An `environment.yaml` as conda-store understands it.
 
-    Unknown top-level keys are ignored (pydantic's default, and upstream's behaviour), so
-    files written for conda with extra keys still work. `description: null` is stored as
-    "" (see `Description`), so the attribute is always a string.
+    `parse_specification` refuses top-level keys that are not fields here (upstream ignores
+    them, so a misspelled `dependecies:` silently built an empty environment); the model
+    itself ignores them, so specifications stored by older servers still load. `description:
+    null` is stored as "" (see `Description`), so the attribute is always a string.
     """
 
     name: EnvironmentName
@@ -400,7 +403,7 @@ def _load_document(text: str, what: str, limit: int) -> dict[str, Any]:
         raise SpecificationError(f"The {what} must be text (YAML or JSON)")
     size = len(text.encode("utf-8", errors="surrogatepass"))
     if size > limit:
-        raise SpecificationError(
+        raise SpecificationTooLargeError(
             f"The {what} is too large: {size} bytes, the maximum is {limit} bytes "
             f"({limit // (1024 * 1024)} MiB)"
         )
@@ -445,13 +448,32 @@ def _yaml_type_name(value: Any) -> str:
     return type(value).__name__
 
 
+def _unknown_key_lines(data: Mapping[Any, Any]) -> list[str]:
+    """One line per top-level key that is not a specification field, with the likely fix."""
+    known = list(CondaSpecification.model_fields)
+    lines = []
+    for key in data:
+        if key in known:
+            continue
+        shown = _shown(key) if isinstance(key, str) else repr(key)
+        close = difflib.get_close_matches(str(key), known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else "."
+        lines.append(f"Unknown key {shown} in the specification{hint} Known keys: {', '.join(known)}")
+    return lines
+
+
 def parse_specification(text: str) -> CondaSpecification:
     """Parse an environment.yaml (YAML or JSON text) into a validated CondaSpecification.
 
     No policy is applied here (see `apply_policy`): this is the syntactic check that runs
-    before authorization, so a malformed request gets a 400 that says what to fix.
+    before authorization, so a malformed request gets a 400 that says what to fix. A key
+    that is not a specification field is such an error: ignoring it would build something
+    other than what the user meant (`dependecies:` would build an empty environment).
     """
     data = _load_document(text, "specification", MAX_SPECIFICATION_BYTES)
+    unknown = _unknown_key_lines(data)
+    if unknown:
+        raise SpecificationError(_join_lines(unknown))
     try:
         return CondaSpecification.model_validate(data)
     except ValidationError as exc:
@@ -507,7 +529,8 @@ def parse_lockfile_specification(text: str, name: str, description: str | None) 
 
     `name` and `description` come from the request (`environment_name`,
     `environment_description`); the name follows the same rule as specification names.
-    No channel or package policy applies to lockfiles (upstream behaviour).
+    No package policy applies to lockfiles (upstream behaviour); which package URLs they may
+    name is checked against the deployment's channels by `fetch_policy.check_lockfile_urls`.
     """
     data = _load_document(text, "lockfile", MAX_LOCKFILE_BYTES)
     if "version" in data:
@@ -569,11 +592,14 @@ class SpecificationPolicy:
     Fields are tuples so a policy can be shared and cached without being mutated; lists are
     accepted and converted. Package entries are checked when the policy is built, so a bad
     setting is reported (naming the setting) where it is configured, not blamed on a user.
+    `conda_indexed_channels` shapes nothing, but the channels an administrator configured
+    there are trusted by the URL rules (`fetch_policy`) like the default and allowed ones.
     """
 
     conda_channel_alias: str = "https://conda.anaconda.org"
     conda_default_channels: tuple[str, ...] = ("conda-forge",)
     conda_allowed_channels: tuple[str, ...] = ()
+    conda_indexed_channels: tuple[str, ...] = ()
     conda_default_packages: tuple[str, ...] = ()
     conda_required_packages: tuple[str, ...] = ()
     conda_included_packages: tuple[str, ...] = ()

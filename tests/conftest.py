@@ -113,6 +113,14 @@ def store_settings(tmp_path: Path, database_url: str, demo_channel: Path) -> dic
     }
 
 
+def allow_channels(store_settings: dict[str, dict[str, Any]], *channels: str) -> None:
+    """Let specifications name `channels` (e.g. a loopback test server) as an administrator
+    would: as allowed channels, beside the default ones. Unconfigured local or loopback
+    channels are refused (see `conda_store_server.fetch_policy.check_channels`)."""
+    traits = store_settings["CondaStore"]
+    traits["conda_allowed_channels"] = [*traits["conda_default_channels"], *channels]
+
+
 def write_config(path: Path, settings: dict[str, dict[str, Any]]) -> Path:
     lines = [
         f"c.{cls}.{trait} = {value!r}" for cls, traits in settings.items() for trait, value in traits.items()

@@ -9,7 +9,16 @@ from typing import Any
 import pytest
 import redis
 from celery.result import AsyncResult
-from conftest import RABBITMQ_URL, REDIS_URL, WorkerProcess, login, require_service, submit, wait_for_build
+from conftest import (
+    RABBITMQ_URL,
+    REDIS_URL,
+    WorkerProcess,
+    allow_channels,
+    login,
+    require_service,
+    submit,
+    wait_for_build,
+)
 from slow_channel import SlowChannel
 
 from conda_store_server.app import CondaStore
@@ -42,8 +51,9 @@ def slow_channel(demo_channel) -> Any:
 
 
 @pytest.fixture
-def store_settings(store_settings, broker):
+def store_settings(store_settings, broker, slow_channel):
     store_settings["CondaStore"].update(broker)
+    allow_channels(store_settings, slow_channel.url)
     return store_settings
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from conftest import login, submit, wait_for_build
 
+from conda_store_server.testing.channel import host_subdir
+
 SPEC = """
 name: hello
 dependencies:
@@ -52,6 +54,11 @@ def test_build_installs_a_working_environment(client, worker, conda_store, tmp_p
     names = {p["name"] for p in lockfile["package"]}
     assert {"hello-tool", "hello-config", "hello-py", "tinylib", "python", "libprefix"} <= names
 
+    listed = client.get(f"/api/v1/build/{build_id}/packages/", params={"size": 100}).json()["data"]
+    summaries = {p["name"]: p["summary"] for p in listed}
+    assert summaries["hello-py"] == "Pure Python package with a console entry point"  # info/about.json
+    assert summaries["libprefix"] == "Binary file with an embedded, NUL-terminated prefix"
+
     packages = {(p.name, p.version) for p in _package_rows(conda_store, build_id)}
     assert ("hello-py", "1.1.0") in packages and (
         "python",
@@ -64,6 +71,31 @@ def test_build_installs_a_working_environment(client, worker, conda_store, tmp_p
     assert "hello-py=1.1.0=" in yaml_text
     logs = client.get(f"/api/v1/build/{build_id}/logs/").text
     assert "solved in" in logs and "COMPLETED" in logs
+
+
+def test_an_empty_dependency_list_builds_an_empty_environment(client, worker) -> None:
+    login(client)
+    build = wait_for_build(client, submit(client, "name: empty\ndependencies: []\n"))
+    assert build["status"] == "COMPLETED", build["status_info"]
+    prefix = next(a["key"] for a in build["build_artifacts"] if a["artifact_type"] == "DIRECTORY")
+    assert Path(prefix, "conda-meta").is_dir()
+    assert list(Path(prefix, "conda-meta").glob("*.json")) == []
+    lockfile = json.loads(client.get(f"/api/v1/build/{build['id']}/lockfile/").content)
+    assert lockfile["package"] == [] and lockfile["metadata"]["platforms"] == [host_subdir()]
+    assert client.get(f"/api/v1/build/{build['id']}/packages/").json()["count"] == 0
+
+
+def test_a_misspelled_key_is_refused_instead_of_building_nothing(client, conda_store) -> None:
+    login(client)
+    response = client.post(
+        "/api/v1/specification/", json={"specification": "name: typo\ndependecies: [curl]\n"}
+    )
+    assert response.status_code == 400
+    assert response.json()["message"] == (
+        "Unknown key 'dependecies' in the specification; did you mean 'dependencies'? "
+        "Known keys: name, channels, dependencies, description, prefix, variables"
+    )
+    assert client.get("/api/v1/environment/alice/typo/").status_code == 404
 
 
 def _package_rows(conda_store, build_id):

@@ -144,9 +144,27 @@ def test_conda_and_pip_dependencies_accessors() -> None:
     assert isinstance(spec.dependencies[1], CondaSpecificationPip)
 
 
-def test_unknown_top_level_keys_are_ignored() -> None:
-    spec = parse_specification("name: e\nplatforms: [linux-64]\nextra: {a: 1}\n")
-    assert "platforms" not in spec.model_dump()
+KNOWN_KEYS = "Known keys: name, channels, dependencies, description, prefix, variables"
+
+
+def test_a_misspelled_key_names_the_closest_known_key() -> None:
+    # Ignoring it (upstream) built an empty environment instead of the one described.
+    assert error_of("name: e\ndependecies: [numpy]\n") == (
+        f"Unknown key 'dependecies' in the specification; did you mean 'dependencies'? {KNOWN_KEYS}"
+    )
+
+
+def test_every_unknown_key_is_listed_with_or_without_a_suggestion() -> None:
+    assert error_of("name: e\nchanels: [x]\nplatforms: [linux-64]\n1: x\n").split("\n") == [
+        f"Unknown key 'chanels' in the specification; did you mean 'channels'? {KNOWN_KEYS}",
+        f"Unknown key 'platforms' in the specification. {KNOWN_KEYS}",
+        f"Unknown key 1 in the specification. {KNOWN_KEYS}",
+    ]
+
+
+def test_every_known_key_is_accepted() -> None:
+    text = "name: e\nchannels: []\ndependencies: []\ndescription: d\nprefix: null\nvariables: {}\n"
+    assert parse_specification(text).description == "d"
 
 
 def test_null_description_is_stored_as_empty_string() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import rattler
 
 from conda_store_server.build.entry_points import check_entry_points
 from conda_store_server.exception import BuildFailure
+
+log = logging.getLogger(__name__)
 
 
 async def install(records: list[rattler.RepoDataRecord], prefix: str, package_cache: str) -> int:
@@ -28,9 +31,21 @@ async def install(records: list[rattler.RepoDataRecord], prefix: str, package_ca
             execute_link_scripts=False,
         )
     except Exception as error:
-        raise BuildFailure(f"Installing the packages failed: {error}") from error
+        raise _install_failure(records, error) from error
     Path(prefix, "CACHEDIR.TAG").unlink(missing_ok=True)
     return check_installed_paths(prefix)
+
+
+def _install_failure(records: list[rattler.RepoDataRecord], error: Exception) -> BuildFailure:
+    """rattler's explanation, unless a package is a local file: then it could tell whether a
+    path exists on the worker, so it is logged for the administrator instead."""
+    if all(record.url.startswith(("http://", "https://")) for record in records):
+        return BuildFailure(f"Installing the packages failed: {error}")
+    log.warning("installing the packages failed: %s", error)
+    return BuildFailure(
+        "Installing the packages failed; the details name files on the worker, "
+        "so they are in the worker's log"
+    )
 
 
 def _inside(path: str, root: str) -> bool:

@@ -64,7 +64,12 @@ def to_conda_lock(
 
 
 def from_conda_lock(lock: dict[str, Any]) -> dict[str, list[rattler.RepoDataRecord]]:
-    """The conda records of each platform of a conda-lock v1 document."""
+    """The conda records of each platform of a conda-lock v1 document.
+
+    Every platform of `metadata.platforms` is present, with no records when the lockfile lists
+    no package for it: rattler only knows platforms that have packages, and an environment
+    with no dependencies is a valid, empty one, not a missing platform.
+    """
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "conda-lock.yml"
         path.write_text(json.dumps({**lock, "version": 1}))
@@ -72,13 +77,14 @@ def from_conda_lock(lock: dict[str, Any]) -> dict[str, list[rattler.RepoDataReco
             lockfile = rattler.LockFile.from_path(path)
         except Exception as error:  # rattler raises its own parse errors; the message is the cause
             raise BuildFailure(f"The lockfile could not be read: {error}") from error
-    environment = lockfile.default_environment()
-    if environment is None:
-        raise BuildFailure("The lockfile has no environment")
-    return {
-        str(platform.name): environment.conda_repodata_records_for_platform(platform) or []
-        for platform in environment.platforms()
+    records: dict[str, list[rattler.RepoDataRecord]] = {
+        str(platform): [] for platform in lock.get("metadata", {}).get("platforms", [])
     }
+    environment = lockfile.default_environment()
+    if environment is not None:
+        for platform in environment.platforms():
+            records[str(platform.name)] = environment.conda_repodata_records_for_platform(platform) or []
+    return records
 
 
 def pip_packages(lock: dict[str, Any], platform: str) -> list[dict[str, Any]]:

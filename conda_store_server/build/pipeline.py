@@ -8,11 +8,13 @@ already decided the outcome is never overwritten.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import shutil
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,10 +39,11 @@ from conda_store_server.db.models import (
     Environment,
     utcnow,
 )
-from conda_store_server.exception import BuildFailure, CondaStoreError
+from conda_store_server.exception import BuildFailure, CondaStoreError, SpecificationError
+from conda_store_server.fetch_policy import Resolver, check_channels, check_lockfile_urls, check_package_urls
 from conda_store_server.service import get_build, link_current_build, prefix_of, run_post_update_hook
 from conda_store_server.settings import Settings, get_settings
-from conda_store_server.specification import normalize_channel
+from conda_store_server.specification import SpecificationPolicy, normalize_channel
 
 if TYPE_CHECKING:
     from conda_store_server.app import CondaStore
@@ -125,8 +128,9 @@ def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
     records_by_platform = lockfile.from_conda_lock(lock)
     if host not in records_by_platform:
         raise BuildFailure(
-            f"The lockfile has no packages for this worker's platform {host} "
-            f"(it covers {sorted(records_by_platform)}); add {host} to conda_solve_platforms"
+            f"The lockfile does not cover this worker's platform {host} (it covers "
+            f"{sorted(records_by_platform)}); add {host} to conda_solve_platforms, or lock an "
+            f"uploaded lockfile for {host} too"
         )
     records = records_by_platform[host]
 
@@ -155,9 +159,26 @@ def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
     _make_artifacts(conda_store, plan, channels, log)
 
 
+def _check_urls(
+    check: Callable[[Any, SpecificationPolicy, Resolver | None], None], values: Any, settings: Settings
+) -> None:
+    """Apply one URL rule of the specification module again, now resolving host names.
+
+    The server checked the specification without DNS, and perhaps under an older version or
+    other settings; this runs before anything is fetched, and a refusal fails the build with
+    the same message the server would give.
+    """
+    resolve = functools.cache(solve.resolve_host)  # solved packages share a few hosts
+    try:
+        check(values, settings.specification_policy(), resolve)
+    except SpecificationError as error:
+        raise BuildFailure(error.message) from error
+
+
 def _lock(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> tuple[dict[str, Any], list[str]]:
     if plan.is_lockfile:
         lock = {**plan.spec["lockfile"], "version": 1}
+        _check_urls(check_lockfile_urls, lock, plan.settings)
         channels = [
             c["url"] if isinstance(c, dict) else c for c in lock.get("metadata", {}).get("channels", [])
         ]
@@ -176,10 +197,9 @@ def _lock(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> tuple[dict
             "section from the specification"
         )
     settings = plan.settings
-    channels = [
-        normalize_channel(c, settings.conda_channel_alias)
-        for c in plan.spec.get("channels") or settings.conda_default_channels
-    ]
+    given = plan.spec.get("channels") or settings.conda_default_channels
+    _check_urls(check_channels, given, settings)
+    channels = [normalize_channel(c, settings.conda_channel_alias) for c in given]
     specs = [d for d in plan.spec.get("dependencies", []) if isinstance(d, str)]
     log.write(f"solving {specs} from {channels} for {settings.conda_solve_platforms}")
     started = time.monotonic()
@@ -193,6 +213,11 @@ def _lock(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> tuple[dict
         )
     )
     log.write(f"solved in {time.monotonic() - started:.2f} s")
+    # A channel's repodata may place its packages anywhere (`base_url`): check before download.
+    solved = sorted(
+        {(_channel_of(record), record.url) for records in records_by_platform.values() for record in records}
+    )
+    _check_urls(check_package_urls, solved, settings)
     return lockfile.to_conda_lock(records_by_platform, channels, plan.specification_sha256), channels
 
 
@@ -228,6 +253,11 @@ def _channel_of(record: rattler.RepoDataRecord) -> str:
 
 
 def _about(prefix: str, record: rattler.RepoDataRecord) -> dict[str, Any]:
+    """The package's `info/about.json` (summary, description, license), or {} if unreadable.
+
+    rattler does not copy `info/` into the prefix; the conda-meta record names the extracted
+    package in the shared cache, which has it.
+    """
     meta = Path(prefix, "conda-meta", f"{record.name.normalized}-{record.version}-{record.build}.json")
     try:
         extracted = json.loads(meta.read_text()).get("extracted_package_dir")
@@ -295,6 +325,21 @@ def existing_or_created(
     return rows
 
 
+def fill_missing(
+    rows: dict[tuple, Any], wanted: dict[tuple, dict[str, Any]], columns: tuple[str, ...]
+) -> None:
+    """Set the `columns` that are null on existing rows from the values now known.
+
+    A package row made by channel indexing (or by a build before summaries were read) has no
+    summary; the next build or index run that knows it fills it in, without overwriting.
+    """
+    for key, values in wanted.items():
+        row = rows[key]
+        for column in columns:
+            if getattr(row, column) is None and values.get(column) is not None:
+                setattr(row, column, values[column])
+
+
 def _record_packages(
     session: Session, build_id: int, prefix: str, records: list[rattler.RepoDataRecord]
 ) -> None:
@@ -344,6 +389,7 @@ def _record_packages(
         {(p.channel_id, p.name, p.version): p for p in found},
         wanted_packages,
     )
+    fill_missing(packages, wanted_packages, ("license", "summary", "description"))
 
     def build_values(record: rattler.RepoDataRecord) -> dict[str, Any]:
         return package_build_values(record, channel_of[id(record)].id, packages[package_key(record)].id)

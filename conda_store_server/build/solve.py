@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
+import socket
 from pathlib import Path
 
 import rattler
@@ -11,12 +13,29 @@ from rattler.exceptions import SolverError
 
 from conda_store_server.exception import BuildFailure
 
+log = logging.getLogger(__name__)
+
+#: Schemes whose fetch errors are shown to users: they describe a remote server's answer. For
+#: other channels (local files, object stores) rattler's text names server paths and whether
+#: they exist, so it goes to the worker's log only.
+_REMOTE_SCHEMES = ("http://", "https://")
+
 
 def channel_url(channel: str) -> str:
     """rattler wants URLs; local channel directories given as plain paths become file:// URLs."""
     if channel.startswith("/"):
         return Path(channel).as_uri()
     return channel
+
+
+def resolve_host(host: str) -> list[str]:
+    """Every address `host` resolves to, of every family: what a fetch from it could reach.
+
+    The worker's `Resolver` for the URL rules of `conda_store_server.fetch_policy`, so that a
+    DNS name pointing at 127.0.0.1 is refused like 127.0.0.1 itself. Raises OSError when the
+    name does not resolve.
+    """
+    return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)})
 
 
 async def solve(
@@ -66,7 +85,20 @@ async def _solve_all(
                 f"The environment cannot be solved for {platform}. {str(error).strip()}"
             ) from error
         except Exception as error:  # channel or network errors from rattler's gateway
-            raise BuildFailure(
-                f"Fetching package metadata from the channels {channels} failed: {error}"
-            ) from error
+            raise _fetch_failure(channels, error) from error
     return results
+
+
+def _fetch_failure(channels: list[str], error: Exception) -> BuildFailure:
+    """The failure a user sees when channel metadata cannot be fetched.
+
+    It names the channels as given. rattler's explanation is included only when every channel
+    is remote; otherwise it could tell whether a path exists on the worker ("failed to open
+    file `/etc/noarch/repodata.json`: No such file or directory"), so it is logged for the
+    administrator instead.
+    """
+    message = f"Fetching package metadata from the channels {channels} failed"
+    if all(channel.startswith(_REMOTE_SCHEMES) for channel in channels):
+        return BuildFailure(f"{message}: {error}")
+    log.warning("%s: %s", message, error)
+    return BuildFailure(f"{message}; the details name files on the worker, so they are in the worker's log")

@@ -12,6 +12,7 @@ replacement, noarch:python modules and entry points) and actually run once insta
 from __future__ import annotations
 
 import asyncio
+import json
 import shlex
 import sys
 from collections.abc import Iterable
@@ -70,7 +71,7 @@ async def build_channel_async(channel_dir: Path, packages: Iterable[PackageSpec]
 
     Both the host subdir and ``noarch/`` are always created because the indexer and the solver
     expect both to exist, even when one holds no package. Re-running on the same directory adds
-    or overwrites packages and re-indexes everything.
+    or overwrites packages and re-indexes everything. ``channeldata.json`` is written too.
     """
     specs = list(packages)
     subdir = host_subdir()
@@ -78,7 +79,33 @@ async def build_channel_async(channel_dir: Path, packages: Iterable[PackageSpec]
         (channel_dir / name).mkdir(parents=True, exist_ok=True)
     await asyncio.to_thread(_build_all, specs, channel_dir, subdir)
     await index_fs(channel_dir, force=True)
+    _write_channeldata(channel_dir, specs, subdir)
     return channel_dir
+
+
+def _write_channeldata(channel_dir: Path, specs: list[PackageSpec], subdir: str) -> None:
+    """Add ``specs`` to the channel's ``channeldata.json`` (conda-index's format, version 1).
+
+    rattler's indexer writes only repodata, which has no package summaries; channel indexing
+    reads them from this file, as from a real channel's. Each package is described by its
+    newest version, and entries of packages built into the directory earlier are kept.
+    """
+    path = channel_dir / "channeldata.json"
+    document = json.loads(path.read_text()) if path.exists() else {"channeldata_version": 1, "packages": {}}
+    packages = document["packages"]
+    for spec in specs:
+        package_subdir = "noarch" if spec.noarch else subdir
+        entry = packages.get(spec.name)
+        subdirs = sorted({*(entry["subdirs"] if entry else ()), package_subdir})
+        if entry is None or rattler.Version(spec.version) >= rattler.Version(entry["version"]):
+            entry = {
+                "version": spec.version,
+                "summary": spec.summary or None,
+                "license": spec.license,
+            }
+        packages[spec.name] = {**entry, "subdirs": subdirs}
+    document["subdirs"] = sorted({*document.get("subdirs", ()), subdir, "noarch"})
+    path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
 
 
 def _build_all(specs: list[PackageSpec], channel_dir: Path, subdir: str) -> None:

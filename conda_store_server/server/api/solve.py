@@ -8,6 +8,7 @@ they build it.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import rattler
@@ -19,6 +20,7 @@ from conda_store_server import service
 from conda_store_server.build import solve
 from conda_store_server.db.models import CondaPackage, CondaPackageBuild, build_conda_package_build
 from conda_store_server.exception import BuildFailure, CondaStoreError, NotFoundError
+from conda_store_server.fetch_policy import check_channels
 from conda_store_server.server.auth import Permissions
 from conda_store_server.server.dependencies import Caller, CallerDependency
 from conda_store_server.settings import get_settings
@@ -39,10 +41,11 @@ def _policy_checked(
         )
         validated = service.prepare_specification(session, conda_store, namespace, specification)
         settings = get_settings(session, conda_store, namespace, name)
-        alias = settings.conda_channel_alias
-        resolved = [
-            normalize_channel(c, alias) for c in validated.channels or settings.conda_default_channels
-        ]
+        given = validated.channels or settings.conda_default_channels
+        # the server fetches the channels' metadata itself here: host names are resolved, as a
+        # worker does before a build, so a name pointing at 127.0.0.1 is refused too
+        check_channels(given, settings.specification_policy(), functools.cache(solve.resolve_host))
+        resolved = [normalize_channel(c, settings.conda_channel_alias) for c in given]
         current = None
         try:
             environment = service.get_environment(session, namespace, name)

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from starlette.applications import Starlette
 from starlette.routing import Mount
-from traitlets.config import Config
+from traitlets.config import Config, Configurable
 
 from conda_store_server.app import CondaStore
 from conda_store_server.db.models import Build, Environment, Namespace
@@ -86,6 +86,39 @@ def test_a_bad_value_on_the_command_line_is_named(tmp_path: Path) -> None:
     result = run_command("conda-store-worker", "--CondaStore.build_key_version=9", cwd=tmp_path)
     assert result.returncode == 1
     assert "c.CondaStore.build_key_version" in result.stderr and "command line" in result.stderr
+
+
+def test_every_configurable_of_the_package_is_known_to_the_unknown_name_check() -> None:
+    import importlib
+    import pkgutil
+
+    import conda_store_server
+    from conda_store_server.configuration import DEPLOYMENT_CONFIGURABLES
+
+    found = set()
+    for info in pkgutil.walk_packages(conda_store_server.__path__, "conda_store_server."):
+        if ".db.migrations" in info.name or info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        found |= {
+            f"{module.__name__}.{value.__name__}"
+            for value in vars(module).values()
+            if isinstance(value, type)
+            and issubclass(value, Configurable)
+            and value.__module__ == module.__name__
+        }
+    assert found <= set(DEPLOYMENT_CONFIGURABLES)
+
+
+def test_the_seeds_container_registry_configuration_loads(tmp_path: Path) -> None:
+    path = tmp_path / "conda_store_config.py"
+    path.write_text(
+        "from conda_store_server.registry import ContainerRegistry\n"
+        "c.ContainerRegistry.container_registries = {'https://registry-1.docker.io': lambda url: None}\n"
+    )
+    server = CondaStoreServer()
+    server.initialize([f"--config={path}"])
+    assert "ContainerRegistry" in server.config
 
 
 def test_unknown_names_warn_with_the_closest_and_seed_misspellings_apply(

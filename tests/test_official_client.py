@@ -134,3 +134,37 @@ def test_every_client_command(server_url: str, tmp_path: Path) -> None:
 
     output = run_client(server_url, "run", "alice/client-env", "--", "hello-py", home=tmp_path)
     assert "hello from hello-py" in output
+
+
+def test_submit_then_wait_on_the_environment(server_url: str, tmp_path: Path) -> None:
+    """`conda-store wait ns/env` right after the first submission waits for that build."""
+    script = (
+        "import asyncio, sys\n"
+        "from conda_store import api\n"
+        "async def main():\n"
+        "    async with api.CondaStoreAPI(sys.argv[1], auth_type='basic') as client:\n"
+        "        for text in sys.argv[2:]:\n"
+        "            print(await client.create_environment('alice', text))\n"
+        "asyncio.run(main())\n"
+    )
+    good = "name: waited\ndependencies: [hello-tool]\n"
+    bad = "name: doomed\ndependencies: [no-such-package]\n"
+    created = subprocess.run(
+        [sys.executable, "-c", script, server_url, good, bad],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=client_environment(server_url, tmp_path),
+    )
+    assert created.returncode == 0, created.stderr
+    run_client(server_url, "wait", "alice/waited", "--interval", "1", "--timeout", "120", home=tmp_path)
+    failed = subprocess.run(
+        [CLIENT or "conda-store", "wait", "alice/doomed", "--interval", "1", "--timeout", "120"],
+        capture_output=True,
+        text=True,
+        env=client_environment(server_url, tmp_path),
+        timeout=180,
+        cwd=tmp_path,
+    )
+    assert failed.returncode != 0
+    assert "failed" in failed.stdout + failed.stderr

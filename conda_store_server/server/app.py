@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from jinja2 import Environment
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from traitlets import Bool, Dict, Integer, List, TraitError, Type, Unicode, default, validate
 from traitlets.config import Config
@@ -257,6 +258,8 @@ class CondaStoreServer(BaseApplication):
                 "what uses that port or choose another with --port (CondaStoreServer.port)"
             )
         listening.set_inheritable(True)
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        self.log.info("listening on http://%s:%d%s", host, listening.getsockname()[1], self.url_prefix)
         return listening
 
     def serve_in_processes(self, listening: socket.socket) -> None:
@@ -349,8 +352,8 @@ def create_app(
 
     app.add_middleware(RequestGuard, max_body_bytes=MAX_BODY_BYTES)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's own subclass included
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         headers = {**(error.headers or {}), **_route_headers(request)}
         return _error(error.status_code, str(error.detail), headers)
 

@@ -240,6 +240,31 @@ class CondaStore(LoggingConfigurable):
         help="PyPI packages added to every specification that does not already list them.",
     )
 
+    pypi_index_url = Unicode(
+        "https://pypi.org/simple",
+        config=True,
+        help="The PyPI index (PEP 503 simple API) that builds install pip packages from, unless a "
+        "specification names its own `--index-url`. Credentials for a private index may be given "
+        "here (`https://user:password@pypi.example.org/simple`): they stay on the workers, and are "
+        "masked (****) in logs, lockfiles, exports and answers.",
+    )
+    pypi_extra_index_urls = List(
+        Unicode(),
+        [],
+        config=True,
+        help="Further indexes that builds search beside pypi_index_url (uv's `--extra-index-url`), "
+        "e.g. ['https://user:password@pypi.internal/simple']. Credentials as for pypi_index_url.",
+    )
+    pypi_allowed_indexes = List(
+        Unicode(),
+        [],
+        config=True,
+        help="URL prefixes a specification may name in `--index-url`, `--extra-index-url`, "
+        "`--find-links` or a direct reference (`name @ URL`). Empty: any public http(s) index. "
+        "Whatever this says, file:// URLs and loopback, link-local (169.254.0.0/16) or private "
+        "addresses are refused unless listed here explicitly.",
+    )
+
     # ----------------------------------------------------------------- limits
     storage_threshold = Integer(
         5 * 1024**3,

@@ -6,6 +6,12 @@ it read the worker's files (`file:///etc/...`) or reach services on its network 
 anything else must be http(s) on a public host. The server checks what is written (literal
 addresses, no DNS); the worker checks again with a resolver (`Resolver`) before it fetches, so
 a name pointing at 127.0.0.1 is refused like 127.0.0.1.
+
+Pip URLs (index options, `--find-links`, direct references, lockfile pip packages) follow the
+same address rule, with their own trust: the deployment's indexes (`CondaStore.pypi_index_url`,
+`pypi_extra_index_urls`), the prefixes of `pypi_allowed_indexes` (which, when set, are the only
+URLs a specification may name) and the URLs of the pypi_* package settings. A credential never
+comes from a specification, and no message shows one.
 """
 
 from __future__ import annotations
@@ -18,14 +24,18 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from conda_store_server.exception import SpecificationError
+from conda_store_server.redact import mask_credentials
 from conda_store_server.specification import (
+    PIP_CREDENTIALS,
     CondaSpecification,
     LockfileSpecification,
     SpecificationPolicy,
+    _has_userinfo,
     _is_url,
     _shown,
     _split_pip_option,
     normalize_channel,
+    pip_url,
 )
 
 __all__ = [
@@ -36,6 +46,7 @@ __all__ = [
     "check_lockfile_urls",
     "check_package_urls",
     "check_pip_index_urls",
+    "check_resolved_pip_urls",
     "check_specification_urls",
 ]
 
@@ -45,9 +56,14 @@ Resolver = Callable[[str], Iterable[str]]
 #: The settings that make a channel, or a package URL inside one, trusted; named in refusals
 #: so an administrator knows where to configure a channel that users need.
 CHANNEL_SETTINGS = "conda_default_channels, conda_allowed_channels, conda_indexed_channels"
-#: Where an administrator configures pip index options (`--index-url ...`) that are trusted.
-PIP_INDEX_SETTINGS = "pypi_default_packages, pypi_included_packages, pypi_required_packages"
-_PIP_INDEX_OPTIONS = ("--index-url", "--extra-index-url")
+#: Where an administrator lets specifications name pip URLs; named in refusals.
+PIP_INDEX_SETTINGS = "pypi_allowed_indexes, pypi_index_url, pypi_extra_index_urls"
+#: How a refusal names the URL of a pip entry, by option (direct references are packages).
+_PIP_URL_KINDS = {
+    "--index-url": "Pip index URL",
+    "--extra-index-url": "Pip index URL",
+    "--find-links": "Pip find-links URL",
+}
 _FETCH_SCHEMES = ("http", "https")
 _HOST_LABEL = re.compile(r"[a-z0-9_-]+")
 
@@ -274,33 +290,105 @@ def check_package_urls(
             raise SpecificationError(f"Package URL {_shown(url)} is not allowed: {problem}")
 
 
-def _configured_indexes(policy: SpecificationPolicy) -> set[str]:
-    """The index URLs of the `--index-url`/`--extra-index-url` options in the pypi_* settings."""
+def _without_vcs(url: str) -> str:
+    """The URL a VCS reference fetches over: "git+https://h/r" is fetched from "https://h/r"."""
+    return url[4:] if url[:4].lower() == "git+" else url
+
+
+def _comparable(url: str) -> str | None:
+    """`url` as "scheme://host[:port]/path", for prefix comparisons; None if it cannot be read.
+
+    Without user-info (an administrator's index URL may hold credentials that a specification's
+    URL must not repeat), query, fragment, trailing "/" or a "git+" prefix; scheme and host in
+    lower case. None too for a URL without a host (other than file://): as a prefix, "https://"
+    would otherwise hold every https URL, loopback ones included.
+    """
+    try:
+        parts = urllib.parse.urlsplit(_without_vcs(url))
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.hostname or ""
+    if not host and parts.scheme.lower() != "file":
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port is None else f"{host}:{port}"
+    return f"{parts.scheme.lower()}://{netloc}{parts.path}".rstrip("/")
+
+
+def _under(url: str, prefix: str) -> bool:
+    """True if `url` is `prefix` or lies inside it (by path segments, never via `..`)."""
+    target, base = _comparable(url), _comparable(prefix)
+    return target is not None and base is not None and (target == base or _within(target, base))
+
+
+def _configured_pip_urls(policy: SpecificationPolicy) -> list[str]:
+    """The URLs an administrator configured: the deployment's indexes, the allowed prefixes and
+    every URL in the pypi_* package settings (which the policy adds to specifications)."""
     entries = (*policy.pypi_default_packages, *policy.pypi_included_packages, *policy.pypi_required_packages)
-    indexes = set()
-    for entry in entries:
-        option, value = _split_pip_option(entry)
-        if option in _PIP_INDEX_OPTIONS and value is not None:
-            indexes.add(value.rstrip("/"))
-    return indexes
+    in_settings = [url for url in map(pip_url, entries) if url is not None]
+    return [policy.pypi_index_url, *policy.pypi_extra_index_urls, *policy.pypi_allowed_indexes, *in_settings]
+
+
+def _pip_url_problem(url: str, policy: SpecificationPolicy, resolve: Resolver | None) -> str | None:
+    """Why the installer must not fetch `url` for a specification or lockfile, or None.
+
+    In order: a URL holding credentials is refused; one inside a URL the administrator
+    configured is allowed; with `pypi_allowed_indexes` set nothing else is; otherwise the
+    channels' address rule applies (public http(s) hosts only, git+ URLs judged by their
+    transport).
+    """
+    if _has_userinfo(url):
+        return f"it holds credentials, and {PIP_CREDENTIALS}"
+    if any(_under(url, configured) for configured in _configured_pip_urls(policy)):
+        return None
+    if policy.pypi_allowed_indexes:
+        allowed = [mask_credentials(prefix) for prefix in policy.pypi_allowed_indexes]
+        return f"it is not under one of the allowed indexes {allowed} (pypi_allowed_indexes)"
+    return _address_problem(_without_vcs(url), PIP_INDEX_SETTINGS, resolve)
 
 
 def check_pip_index_urls(
     entries: Iterable[str], policy: SpecificationPolicy, resolve: Resolver | None = None
 ) -> None:
-    """Raise SpecificationError for the first `--index-url`/`--extra-index-url` not allowed.
+    """Raise SpecificationError for the first pip URL the installer must not fetch.
 
-    The installer fetches from these, so they follow the channels' address rules; index
-    URLs an administrator put into the pypi_* package settings are trusted.
+    The URLs are the values of `--index-url`, `--extra-index-url` and `--find-links` and the
+    URLs of direct references (`name @ URL`), judged by `_pip_url_problem`. The message shows
+    the URL with any credentials masked. The worker runs this again, with `resolve`, on what a
+    server stored (perhaps an older server, with other rules).
     """
-    configured = _configured_indexes(policy)
     for entry in entries:
-        option, value = _split_pip_option(entry)
-        if option not in _PIP_INDEX_OPTIONS or value is None or value.rstrip("/") in configured:
+        url = pip_url(entry)
+        if url is None:
             continue
-        problem = _address_problem(value, PIP_INDEX_SETTINGS, resolve)
+        problem = _pip_url_problem(url, policy, resolve)
         if problem is not None:
-            raise SpecificationError(f"Pip index URL {_shown(value)} is not allowed: {problem}")
+            kind = _PIP_URL_KINDS.get(_split_pip_option(entry)[0], "Pip package URL")
+            raise SpecificationError(f"{kind} {_shown(mask_credentials(url))} is not allowed: {problem}")
+
+
+def check_resolved_pip_urls(
+    urls: Iterable[str], policy: SpecificationPolicy, resolve: Resolver | None = None
+) -> None:
+    """Raise SpecificationError for the first file the installer resolved that it must not fetch.
+
+    An index decides where its files live (PyPI's are on files.pythonhosted.org), so
+    `pypi_allowed_indexes`, which limits what a specification names, does not apply here: like a
+    conda channel's packages (`check_package_urls`), a resolved file must lie inside a URL the
+    administrator configured or pass the address rule. Such URLs come from the indexes, not from
+    a user, so credentials in them are masked, not refused.
+    """
+    configured = _configured_pip_urls(policy)
+    for url in urls:
+        if any(_under(url, trusted) for trusted in configured):
+            continue
+        problem = _address_problem(_without_vcs(url), PIP_INDEX_SETTINGS, resolve)
+        if problem is not None:
+            raise SpecificationError(
+                f"Pip package URL {_shown(mask_credentials(url))} is not allowed: {problem}"
+            )
 
 
 def check_lockfile_urls(
@@ -310,27 +398,26 @@ def check_lockfile_urls(
 
     A conda package must lie inside one of `conda_allowed_channels` when that is set;
     otherwise inside a configured channel or at a URL passing the channels' address rules.
-    pip packages are not in conda channels: they follow the address rules, and may lie inside
-    an index URL the administrator configured.
+    pip packages are not in conda channels: they follow the rules of pip URLs in a
+    specification (`_pip_url_problem`). An index's files may live on another host (PyPI's on
+    files.pythonhosted.org), so with `pypi_allowed_indexes` set that host must be listed too.
     """
     alias = policy.conda_channel_alias
     allowed = sorted({normalize_channel(channel, alias) for channel in policy.conda_allowed_channels})
-    indexes = _configured_indexes(policy)
     for package in lockfile.get("package") or []:
         url = package.get("url") if isinstance(package, Mapping) else None
         if not isinstance(url, str):
             continue
         problem = None
         if package.get("manager") == "pip":
-            if not any(_within(url, index) for index in indexes):
-                problem = _address_problem(url, PIP_INDEX_SETTINGS, resolve)
+            problem = _pip_url_problem(url, policy, resolve)
         elif allowed:
             if not any(_within(url, channel) for channel in allowed):
                 problem = f"it is not inside one of the allowed channels {allowed} (conda_allowed_channels)"
         elif not _inside_configured(url, policy):
             problem = _address_problem(url, CHANNEL_SETTINGS, resolve)
         if problem is not None:
-            raise SpecificationError(f"Package URL {_shown(url)} is not allowed: {problem}")
+            raise SpecificationError(f"Package URL {_shown(mask_credentials(url))} is not allowed: {problem}")
 
 
 def check_specification_urls(

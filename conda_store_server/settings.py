@@ -3,13 +3,16 @@
 Overrides live in the `keyvaluestore` table under the prefixes `setting`, `setting/{ns}` and
 `setting/{ns}/{env}`. Every read builds a fresh object from the traits, so an override read for
 one namespace can never leak into another read (the original's bug, upstream-api §10.3 item 5).
+
+A few CondaStore options shape the policy without being settings (`DEPLOYMENT_ONLY_KEYS`): they
+may hold credentials, so no answer shows them and no request changes them.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -35,6 +38,9 @@ GLOBAL_ONLY_KEYS = frozenset(
         "build_artifacts_kept_on_deletion",
     }
 )
+#: CondaStore options the URL rules need (`SpecificationPolicy`) that are not settings: an index
+#: URL may hold a password, and `GET /api/v1/setting/` answers every setting to its readers.
+DEPLOYMENT_ONLY_KEYS = ("pypi_index_url", "pypi_extra_index_urls", "pypi_allowed_indexes")
 
 
 class Settings(BaseModel):
@@ -65,11 +71,18 @@ class Settings(BaseModel):
     pypi_included_packages: list[str]
     build_artifacts: list[str]
 
+    #: The DEPLOYMENT_ONLY_KEYS of the CondaStore read by `get_settings`: a private attribute,
+    #: so it is not a field, never dumped and never validated as a setting.
+    _deployment_only: dict[str, Any] = PrivateAttr(default_factory=dict)
+
     def specification_policy(self) -> SpecificationPolicy:
         """The settings that shape and check specifications, for the pure policy functions.
 
         The indexed channels are carried along because the URL rules trust every channel the
-        administrator configured, not only the default and allowed ones.
+        administrator configured, not only the default and allowed ones; the deployment's
+        index options (read by `get_settings`) because they are trusted pip URLs and
+        `pypi_allowed_indexes` limits the others. Raises SpecificationError naming a setting
+        whose entries are invalid.
         """
         from conda_store_server.specification import SpecificationPolicy
 
@@ -84,6 +97,7 @@ class Settings(BaseModel):
             pypi_default_packages=tuple(self.pypi_default_packages),
             pypi_required_packages=tuple(self.pypi_required_packages),
             pypi_included_packages=tuple(self.pypi_included_packages),
+            **self._deployment_only,
         )
 
 
@@ -116,13 +130,18 @@ def get_settings(
     namespace: str | None = None,
     environment: str | None = None,
 ) -> Settings:
+    """The effective settings of a (namespace, environment), with the deployment-only options
+    attached for `Settings.specification_policy` (so a policy built anywhere from these
+    settings, in the server or a worker, applies the deployment's index rules)."""
     values = deployment_defaults(conda_store)
     values.update(_known(_overrides(session, setting_prefix())))
     if namespace is not None:
         values.update(_scoped(_overrides(session, setting_prefix(namespace))))
         if environment is not None:
             values.update(_scoped(_overrides(session, setting_prefix(namespace, environment))))
-    return Settings(**values)
+    settings = Settings(**values)
+    settings._deployment_only = {key: _copy(getattr(conda_store, key)) for key in DEPLOYMENT_ONLY_KEYS}
+    return settings
 
 
 def set_settings(
@@ -132,7 +151,18 @@ def set_settings(
     namespace: str | None = None,
     environment: str | None = None,
 ) -> None:
-    """Validate every key and value first, then store them: a bad request changes nothing."""
+    """Validate every key and value first, then store them: a bad request changes nothing.
+
+    Package and channel entries are checked as the policy checks them (`SpecificationPolicy`),
+    so a bad entry is refused here, naming the setting, rather than failing every later
+    submission in its namespace.
+    """
+    deployment_only = sorted(set(data) & set(DEPLOYMENT_ONLY_KEYS))
+    if deployment_only:
+        raise CondaStoreError(
+            f"Setting {deployment_only[0]} is a deployment option (CondaStore.{deployment_only[0]} in "
+            "the configuration file) and cannot be set through the API"
+        )
     unknown = set(data) - SETTING_KEYS
     if unknown:
         raise CondaStoreError(f"Invalid setting keys {sorted(unknown)}")
@@ -145,7 +175,7 @@ def set_settings(
             )
     candidate = deployment_defaults(conda_store) | data
     try:
-        Settings(**candidate)
+        Settings(**candidate).specification_policy()
     except ValidationError as error:
         raise CondaStoreError(str(error)) from error
 

@@ -19,8 +19,9 @@ import hashlib
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Annotated, Any
 
 import rattler
@@ -34,12 +35,15 @@ from pydantic import (
     Discriminator,
     Tag,
     ValidationError,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 from rattler.exceptions import InvalidMatchSpecError
 
 from conda_store_server.conda_lock_models import Lockfile
 from conda_store_server.exception import SpecificationError, SpecificationTooLargeError
+from conda_store_server.limits import MAX_DESCRIPTION_CHARACTERS
+from conda_store_server.redact import mask_credentials
 
 __all__ = [
     "MAX_ERROR_LINES",
@@ -47,6 +51,8 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "MAX_SPECIFICATION_BYTES",
     "NAME_PATTERN",
+    "PIP_CREDENTIALS",
+    "PIP_URL_OPTIONS",
     "SUPPORTED_PIP_OPTIONS",
     "CondaSpecification",
     "CondaSpecificationPip",
@@ -57,6 +63,7 @@ __all__ = [
     "normalize_channel",
     "parse_lockfile_specification",
     "parse_specification",
+    "pip_url",
     "specification_hash",
     "validate_name",
 ]
@@ -75,14 +82,70 @@ MAX_LOCKFILE_BYTES = 16 * 1024 * 1024
 #: At most this many validation errors are reported; a generated 1 MiB list of bad entries
 #: would otherwise produce a megabyte-long message.
 MAX_ERROR_LINES = 50
-#: The only pip options accepted inside `- pip: [...]` (upstream's list, in upstream's order,
-#: which also appears in the error message).
-SUPPORTED_PIP_OPTIONS: tuple[str, ...] = ("--index-url", "--extra-index-url", "--trusted-host")
+#: The only pip options accepted inside `- pip: [...]`, listed in the error message: upstream's
+#: `--index-url` and `--extra-index-url`, then `--find-links` and `--pre`. Upstream's third,
+#: `--trusted-host`, is refused: it turns certificate checks off for a host, so anyone on the
+#: worker's network path could substitute the packages of a build (or of a cache builds share).
+SUPPORTED_PIP_OPTIONS: tuple[str, ...] = ("--index-url", "--extra-index-url", "--find-links", "--pre")
+#: The options whose value is a URL the installer fetches (`fetch_policy` decides which may be).
+PIP_URL_OPTIONS: tuple[str, ...] = ("--index-url", "--extra-index-url", "--find-links")
+#: Why a URL with user-info (`user:password@`, `token@`) is refused wherever a user writes it.
+PIP_CREDENTIALS = (
+    "credentials for private indexes are configured by the administrator (CondaStore.pypi_index_url, "
+    "CondaStore.pypi_extra_index_urls), never in a specification"
+)
 
 # `fullmatch` rather than `match`: with `match`, "$" also matches before a trailing newline.
 _NAME_CHARS = re.compile(r"[A-Za-z0-9\-+_@$&?^~.=]+")
 _NAME_ALLOWED = "letters, digits and the characters - + _ @ $ & ? ^ ~ . ="
-_PIP_OPTION = re.compile(r"(--[^ =]+)(?:[ =](.*))?", re.DOTALL)
+_PIP_OPTION = re.compile(r"(--?[^ =]+)(?:[ =](.*))?", re.DOTALL)
+_URL_START = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+#: A URL whose authority holds user-info (up to the last "@" before the path, as urllib reads it).
+_URL_WITH_USERINFO = re.compile(_URL_START.pattern + r"[^/?#]*@")
+#: Schemes a pip option's URL may have; file:// only passes where the administrator allows it.
+_PIP_OPTION_SCHEMES = ("http", "https", "file")
+#: Schemes of a direct reference (`name @ URL`): the option schemes and git over http(s). Not
+#: git+ssh: the worker would authenticate with its own keys on behalf of a specification.
+_PIP_REFERENCE_SCHEMES = (*_PIP_OPTION_SCHEMES, "git+http", "git+https")
+_PIP_SUPPORTED = (
+    "supported are requirements such as 'flask[async]>=3; python_version >= \"3.10\"', direct "
+    "references to http(s) or git+http(s) URLs such as 'name @ https://host/name-1.0-py3-none-any.whl' "
+    "or 'name @ git+https://host/repo@v1' (file:// only where the administrator allows it), and the "
+    f"options {list(SUPPORTED_PIP_OPTIONS)}"
+)
+#: Names pip and uv read as archive files in the working directory, not as projects (pip's list).
+_ARCHIVE_SUFFIXES = (
+    ".whl",
+    ".zip",
+    ".tar",
+    ".tar.gz",
+    ".tgz",
+    ".tar.bz2",
+    ".tbz",
+    ".tar.xz",
+    ".txz",
+    ".tar.lz",
+    ".tlz",
+    ".tar.lzma",
+)
+_LOCAL_PATHS = "local paths are not supported, a build runs on a worker that must not install its own files"
+_EDITABLE = "editable installs are not supported: a build installs packages, not a working copy"
+_FILES = "{} files would be read from the worker's disk: list the requirements themselves"
+#: Why some well-known pip options are refused, appended to the "supported options" message.
+_PIP_OPTION_HINTS = {
+    "-e": _EDITABLE,
+    "--editable": _EDITABLE,
+    "-r": _FILES.format("requirement"),
+    "--requirement": _FILES.format("requirement"),
+    "-c": _FILES.format("constraint"),
+    "--constraint": _FILES.format("constraint"),
+    "-i": "write it as --index-url URL",
+    "-f": "write it as --find-links URL",
+    "--trusted-host": (
+        "a specification cannot turn certificate checks off; an administrator configures the "
+        "workers' certificate authorities"
+    ),
+}
 _LOCKFILE_MANAGERS = ("conda", "pip")
 
 
@@ -164,6 +227,14 @@ def _check_name_field(value: str) -> str:
     raise PydanticCustomError(error_type, _name_message(value, "environment name"))
 
 
+def _check_description(value: str) -> str:
+    if len(value) > MAX_DESCRIPTION_CHARACTERS:
+        raise ValueError(
+            f"the description is {len(value)} characters long; the limit is {MAX_DESCRIPTION_CHARACTERS}"
+        )
+    return value
+
+
 def _description_or_empty(value: Any) -> Any:
     """`description: null` means "no description": store it as "" so both hash alike."""
     return "" if value is None else value
@@ -185,41 +256,138 @@ def _check_conda_dependency(value: str) -> str:
 
 
 def _split_pip_option(value: str) -> tuple[str, str | None]:
-    """Split "--opt value" or "--opt=value" into (option, value-or-None)."""
+    """Split "--opt value", "--opt=value" or "-o value" into (option, value-or-None)."""
     match = _PIP_OPTION.fullmatch(value)
     if match is None:
         return value, None
     return match.group(1), match.group(2)
 
 
+def _has_userinfo(url: str) -> bool:
+    """True if the authority of `url` holds user-info ("user:password@", "token@")."""
+    return _URL_WITH_USERINFO.match(url) is not None
+
+
+def pip_url(entry: str) -> str | None:
+    """The URL a pip entry makes the installer fetch: a `PIP_URL_OPTIONS` value or the URL of a
+    direct reference (`name @ URL`); None for other entries and for entries that do not parse.
+    """
+    if entry.startswith("-"):
+        option, value = _split_pip_option(entry)
+        return value if option in PIP_URL_OPTIONS else None
+    try:
+        return Requirement(entry).url
+    except InvalidRequirement:
+        return None
+
+
+def _looks_like_path(value: str) -> bool:
+    """True for what pip would read as a file or directory (`./pkg`, `/srv/x.whl`, `C:\\x`)."""
+    return (
+        value.startswith((".", "~"))
+        or "/" in value
+        or "\\" in value
+        or value.lower().startswith("file:")
+        or value.lower().endswith(_ARCHIVE_SUFFIXES)
+    )
+
+
+def _pip_url_problem(url: str, schemes: tuple[str, ...]) -> str | None:
+    """Why the URL of a pip entry cannot be accepted whatever the policy, or None.
+
+    Which hosts may be fetched from is the policy's (`fetch_policy`); this refuses what no
+    policy allows: local paths, other schemes, and credentials.
+    """
+    if "://" not in url:
+        return f"{_LOCAL_PATHS}; {_PIP_SUPPORTED}"
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in schemes:
+        return f"{scheme}:// URLs are not supported; {_PIP_SUPPORTED}"
+    if _has_userinfo(url):
+        return PIP_CREDENTIALS
+    return None
+
+
+def _pip_option_problem(value: str) -> str | None:
+    """Why a pip option line is refused, or None: it must be a supported option with one value
+    (none for `--pre`), and a URL option's value must be an acceptable URL."""
+    shown = _shown(mask_credentials(value))
+    option, option_value = _split_pip_option(value)
+    if option not in SUPPORTED_PIP_OPTIONS:
+        message = (
+            f"Invalid pip option '{_plain(mask_credentials(value))}' "
+            f"supported options are {list(SUPPORTED_PIP_OPTIONS)}"
+        )
+        hint = _PIP_OPTION_HINTS.get(option)
+        return f"{message}; {hint}" if hint else message
+    if option == "--pre":
+        return None if option_value is None else f"Invalid pip option {shown}: --pre takes no value"
+    if (
+        option_value is None
+        or option_value.strip() == ""
+        or _has_control(option_value)
+        or any(ch.isspace() for ch in option_value)
+    ):
+        return (
+            f"Invalid pip option {shown}: {option} needs one value without spaces or "
+            f"control characters, written '{option} VALUE' or '{option}=VALUE'"
+        )
+    problem = _pip_url_problem(option_value, _PIP_OPTION_SCHEMES)
+    return None if problem is None else f"Invalid pip option {shown}: {problem}"
+
+
+def _pip_requirement_problem(value: str) -> str | None:
+    """Why a pip requirement is refused, or None: it must be PEP 508, and name its package
+    when it is a URL; a direct reference's URL must be an acceptable URL."""
+    prefix = f'Invalid pypi package dependency "{_plain(mask_credentials(value))}"'
+    upstream = (
+        f"{prefix} ensure it follows peps https://peps.python.org/pep-0508/ and "
+        "https://peps.python.org/pep-0440/"
+    )
+    if _has_control(value):
+        return upstream
+    try:
+        requirement = Requirement(value)
+    except InvalidRequirement:
+        if _URL_START.match(value):
+            return f"{prefix}: a URL needs the name of its package, written 'name @ URL'"
+        if "://" not in value and _looks_like_path(value):
+            return f"{prefix}: {_LOCAL_PATHS}; {_PIP_SUPPORTED}"
+        return upstream
+    if requirement.url is None:
+        archive = requirement.name.lower().endswith(_ARCHIVE_SUFFIXES)
+        return f"{prefix}: {_LOCAL_PATHS}; {_PIP_SUPPORTED}" if archive else None
+    problem = _pip_url_problem(requirement.url, _PIP_REFERENCE_SCHEMES)
+    return None if problem is None else f"{prefix}: {problem}"
+
+
 def _check_pip_dependency(value: str) -> str:
-    """A pip entry is a PEP 508 requirement or one of SUPPORTED_PIP_OPTIONS with a value."""
-    supported = list(SUPPORTED_PIP_OPTIONS)
-    if value.startswith("--"):
-        option, option_value = _split_pip_option(value)
-        if option not in SUPPORTED_PIP_OPTIONS:
-            raise ValueError(f"Invalid pip option '{_plain(value)}' supported options are {supported}")
-        if (
-            option_value is None
-            or option_value.strip() == ""
-            or _has_control(option_value)
-            or any(ch.isspace() for ch in option_value)
-        ):
-            raise ValueError(
-                f"Invalid pip option {value!r}: {option} needs one value without spaces or "
-                f"control characters, written '{option} VALUE' or '{option}=VALUE'"
-            )
-        return value
-    invalid = _has_control(value)
-    if not invalid:
-        try:
-            Requirement(value)
-        except InvalidRequirement:
-            invalid = True
-    if invalid:
+    """A pip entry is a PEP 508 requirement or one of SUPPORTED_PIP_OPTIONS.
+
+    Refused whatever the policy: other options (editable installs, requirement files), local
+    paths, URLs of other schemes and URLs holding credentials. The messages never show a
+    credential. Which hosts the URLs may name is `fetch_policy.check_pip_index_urls`.
+    """
+    problem = _pip_option_problem(value) if value.startswith("-") else _pip_requirement_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _check_index_setting(value: str) -> str:
+    """An index URL of the deployment (pypi_index_url, ...) is a URL of one token with a host
+    (file:// URLs aside): a prefix such as "https://" would let specifications name any host."""
+    shown = _shown(mask_credentials(value))
+    if "://" not in value or _has_control(value) or any(ch.isspace() for ch in value):
+        raise ValueError(f"{shown} is not a URL such as https://pypi.example.org/simple")
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ValueError(f"{shown} is not a valid URL (its host or port cannot be read)") from exc
+    if not parts.hostname and parts.scheme.lower() != "file":
         raise ValueError(
-            f'Invalid pypi package dependency "{_plain(value)}" ensure it follows peps '
-            "https://peps.python.org/pep-0508/ and https://peps.python.org/pep-0440/"
+            f"{shown} names no host; write the URL of an index, such as https://pypi.example.org/simple"
         )
     return value
 
@@ -294,7 +462,7 @@ Dependency = Annotated[
     ),
 ]
 EnvironmentName = Annotated[str, AfterValidator(_check_name_field)]
-Description = Annotated[str, BeforeValidator(_description_or_empty)]
+Description = Annotated[str, BeforeValidator(_description_or_empty), AfterValidator(_check_description)]
 
 
 class CondaSpecification(BaseModel):
@@ -312,6 +480,21 @@ class CondaSpecification(BaseModel):
     description: Description = ""
     prefix: str | None = None
     variables: Annotated[dict[str, str | int] | None, BeforeValidator(_check_variables)] = None
+
+    @model_validator(mode="after")
+    def _one_index_url(self) -> CondaSpecification:
+        """Refuse a second `--index-url`: pip silently uses the last, uv refuses the file."""
+        index_urls = [
+            mask_credentials(entry)
+            for entry in self.pip_dependencies()
+            if _split_pip_option(entry)[0] == "--index-url"
+        ]
+        if len(index_urls) > 1:
+            raise ValueError(
+                f"Pip option --index-url is given {len(index_urls)} times {index_urls}: a build "
+                "installs from one index; name the others with --extra-index-url"
+            )
+        return self
 
     def conda_dependencies(self) -> list[str]:
         """The conda MatchSpec strings, in the order written."""
@@ -585,6 +768,12 @@ def _to_tuple(field_name: str, value: Any) -> tuple[str, ...]:
     return items
 
 
+#: Policy fields holding one string rather than a list.
+_STRING_FIELDS = ("conda_channel_alias", "pypi_index_url")
+#: Policy fields holding index URLs of the deployment rather than pip entries.
+_INDEX_FIELDS = ("pypi_index_url", "pypi_extra_index_urls", "pypi_allowed_indexes")
+
+
 @dataclass(frozen=True)
 class SpecificationPolicy:
     """The (namespace, environment) settings that shape a specification (upstream §5.1).
@@ -594,6 +783,10 @@ class SpecificationPolicy:
     setting is reported (naming the setting) where it is configured, not blamed on a user.
     `conda_indexed_channels` shapes nothing, but the channels an administrator configured
     there are trusted by the URL rules (`fetch_policy`) like the default and allowed ones.
+
+    The last three fields are deployment options, not settings (`Settings.specification_policy`
+    fills them from the CondaStore): the indexes builds use, and the URL prefixes a
+    specification may name. They may hold credentials, so `repr` leaves them out.
     """
 
     conda_channel_alias: str = "https://conda.anaconda.org"
@@ -606,26 +799,39 @@ class SpecificationPolicy:
     pypi_default_packages: tuple[str, ...] = ()
     pypi_required_packages: tuple[str, ...] = ()
     pypi_included_packages: tuple[str, ...] = ()
+    pypi_index_url: str = field(default="https://pypi.org/simple", repr=False)
+    pypi_extra_index_urls: tuple[str, ...] = field(default=(), repr=False)
+    pypi_allowed_indexes: tuple[str, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.conda_channel_alias, str) or not self.conda_channel_alias:
-            raise TypeError("SpecificationPolicy.conda_channel_alias must be a non-empty string")
+        for name in _STRING_FIELDS:
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise TypeError(f"SpecificationPolicy.{name} must be a non-empty string")
         for item in fields(self):
             if item.name == "conda_channel_alias":
                 continue
-            values = _to_tuple(item.name, getattr(self, item.name))
-            object.__setattr__(self, item.name, values)
-            if item.name.endswith("_channels"):
-                check = _check_channel
-            elif item.name.startswith("conda_"):
-                check = _check_conda_dependency
+            if item.name == "pypi_index_url":
+                values: tuple[str, ...] = (self.pypi_index_url,)
             else:
-                check = _check_pip_dependency
+                values = _to_tuple(item.name, getattr(self, item.name))
+                object.__setattr__(self, item.name, values)
+            check = _setting_check(item.name)
             for value in values:
                 try:
                     check(value)
                 except ValueError as exc:
                     raise SpecificationError(f"Invalid setting {item.name}: {exc}") from exc
+
+
+def _setting_check(name: str) -> Callable[[str], str]:
+    """The validator of one entry of the policy field `name`."""
+    if name in _INDEX_FIELDS:
+        return _check_index_setting
+    if name.endswith("_channels"):
+        return _check_channel
+    if name.startswith("conda_"):
+        return _check_conda_dependency
+    return _check_pip_dependency
 
 
 def _conda_name(spec: str) -> str:
@@ -635,9 +841,14 @@ def _conda_name(spec: str) -> str:
 
 
 def _pypi_key(entry: str) -> str:
-    """How pip entries are compared: canonical project name, or the full option string."""
-    if entry.startswith("--"):
-        return entry
+    """How pip entries are compared: canonical project name, or the option with its value.
+
+    "--index-url=URL", "--index-url URL" and "--index-url URL/" name the same index, so an
+    included option is not added again in another spelling.
+    """
+    if entry.startswith("-"):
+        option, value = _split_pip_option(entry)
+        return option if value is None else f"{option} {value.rstrip('/')}"
     return canonicalize_name(Requirement(entry).name)
 
 
@@ -658,6 +869,7 @@ def _apply_channels(spec: dict[str, Any], policy: SpecificationPolicy) -> None:
 
 
 def _apply_pypi(spec: dict[str, Any], policy: SpecificationPolicy) -> None:
+    """Step 2 of `apply_policy`, on the dumped specification `spec` (modified in place)."""
     dependencies: list[Any] = spec["dependencies"]
     pip_entries = [dep for dep in dependencies if isinstance(dep, dict)]
     current = [item for dep in pip_entries for item in dep["pip"]]
@@ -672,6 +884,15 @@ def _apply_pypi(spec: dict[str, Any], policy: SpecificationPolicy) -> None:
             additions.append(package)
             present.add(key)
 
+    index_urls = sorted(
+        {_pypi_key(item) for item in [*current, *additions] if _split_pip_option(item)[0] == "--index-url"}
+    )
+    if len(index_urls) > 1:
+        raise SpecificationError(
+            f"Pip options {index_urls} name more than one --index-url (counting those added by "
+            "pypi_default_packages and pypi_included_packages); a build installs from one index, "
+            "name the others with --extra-index-url"
+        )
     if additions:
         if pip_entries:
             pip_entries[0]["pip"].extend(additions)
@@ -709,9 +930,11 @@ def apply_policy(spec: CondaSpecification, policy: SpecificationPolicy) -> Conda
        channels *as written* (e.g. "conda-forge"), as upstream stores and hashes them; only
        the comparison uses URLs, so the alias can change without changing spec hashes.
     2. PyPI: with no pip entries at all, `pypi_default_packages` are added; then each
-       `pypi_included_packages` entry whose project name (PEP 503 normalized; options by full
-       string) is absent is appended to the first `{"pip": [...]}` entry (created if needed);
-       then every `pypi_required_packages` name must be present.
+       `pypi_included_packages` entry whose project name (PEP 503 normalized; options by option
+       and value, see `_pypi_key`) is absent is appended to the first `{"pip": [...]}` entry
+       (created if needed); then every `pypi_required_packages` entry must be present. An
+       included `--index-url` other than the specification's is a conflict (an error), not a
+       second index: a build installs from one.
     3. Conda: if `dependencies` is entirely empty (pip entries count, as upstream), it becomes
        `conda_default_packages`; `conda_included_packages` missing by MatchSpec name are
        appended; every `conda_required_packages` name must be present.

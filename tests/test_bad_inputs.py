@@ -248,6 +248,9 @@ def catalogue() -> list[Case]:
     add(Case("size: environment description", "PUT", "/api/v1/environment/alice/existing/",
              str(MAX_DESCRIPTION_CHARACTERS), body={"description": "x" * (MAX_DESCRIPTION_CHARACTERS + 1)},
              status=422))
+    add(post_spec("size: specification description",
+                  "name: x\ndescription: '" + "x" * (MAX_DESCRIPTION_CHARACTERS + 1) + "'\n",
+                  str(MAX_DESCRIPTION_CHARACTERS)))
     add(Case("size: lockfile description", "POST", "/api/v1/specification/", str(MAX_DESCRIPTION_CHARACTERS),
              body=spec("version: 1\n", is_lockfile=True, environment_name="l",
                        environment_description="x" * (MAX_DESCRIPTION_CHARACTERS + 1)), status=422))

@@ -32,7 +32,7 @@ from conda_store_server.specification import SpecificationPolicy, apply_policy, 
 
 ADMIN = "conda_default_channels, conda_allowed_channels, conda_indexed_channels"
 ONLY_ADMIN = f"only allowed when the administrator configures them ({ADMIN})"
-PIP_ADMIN = "pypi_default_packages, pypi_included_packages, pypi_required_packages"
+PIP_ADMIN = "pypi_allowed_indexes, pypi_index_url, pypi_extra_index_urls"
 
 
 def channel_error(channel: str, policy: SpecificationPolicy | None = None, resolve=None) -> str:
@@ -282,7 +282,7 @@ def pip_spec(*entries: str):
             "its host 127.0.0.1 is a loopback address",
         ),
         ("--extra-index-url=file:///srv/wheels", "file:///srv/wheels", "file:// URLs are"),
-        ("--index-url /srv/wheels", "/srv/wheels", "it is not a URL"),
+        ("--index-url http://[fd12::1]/simple", "http://[fd12::1]/simple", "its host fd12::1 is a private"),
     ],
 )
 def test_pip_index_urls_follow_the_address_rules(entry: str, value: str, reason: str) -> None:
@@ -294,7 +294,11 @@ def test_pip_index_urls_follow_the_address_rules(entry: str, value: str, reason:
 def test_pip_index_urls_the_administrator_configured_are_trusted() -> None:
     policy = SpecificationPolicy(pypi_included_packages=("--index-url http://10.0.0.5/simple/",))
     spec = apply_policy(
-        pip_spec("--trusted-host 10.0.0.5", "--extra-index-url https://pypi.example.org/simple"), policy
+        pip_spec(
+            "name @ http://10.0.0.5/simple/name/name-1.whl",
+            "--extra-index-url https://pypi.example.org/simple",
+        ),
+        policy,
     )
     check_specification_urls(spec, policy)
     check_pip_index_urls(["--index-url=http://10.0.0.5/simple"], policy, no_lookup)

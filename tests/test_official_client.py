@@ -168,3 +168,15 @@ def test_submit_then_wait_on_the_environment(server_url: str, tmp_path: Path) ->
     )
     assert failed.returncode != 0
     assert "failed" in failed.stdout + failed.stderr
+
+
+def test_solve_prints_the_solved_packages(server_url: str, tmp_path: Path) -> None:
+    """`conda-store solve env.yaml` reads name, version, channel_id and size of each package."""
+    (tmp_path / "env.yaml").write_text("name: solved\ndependencies:\n  - hello-py\n")
+    table = run_client(server_url, "solve", "env.yaml", home=tmp_path)
+    for name in ("hello-py", "python", "tinylib"):
+        assert name in table, table
+    assert "Total Size:" in table
+    packages = json.loads(run_client(server_url, "solve", "env.yaml", "--output", "json", home=tmp_path))
+    assert {package["name"] for package in packages} == {"hello-py", "python", "tinylib"}
+    assert all({"channel_id", "id", "package_id", "size"} <= set(package) for package in packages)

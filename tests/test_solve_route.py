@@ -6,6 +6,9 @@ import pytest
 from conftest import login, submit, wait_for_build
 from fastapi.testclient import TestClient
 
+from conda_store_server.app import CondaStore
+from conda_store_server.db.models import CondaPackageBuild
+
 
 def solve(client: TestClient, **params):
     return client.get("/api/v1/specification/", params=params)
@@ -59,3 +62,38 @@ def test_bad_solves_are_4xx(client: TestClient, store_settings, params, status, 
 
 def test_anonymous_callers_cannot_solve(client: TestClient) -> None:
     assert solve(client, conda=["python"]).status_code == 403
+
+
+#: What upstream's answer holds per package (its conda_package_build columns), beside ours.
+UPSTREAM_FIELDS = {
+    *("id", "package_id", "channel_id", "build", "build_number", "constrains", "depends"),
+    *("md5", "sha256", "size", "subdir", "timestamp"),
+}
+
+
+def test_solved_packages_carry_the_ids_the_package_tables_have(
+    client: TestClient, worker, conda_store: CondaStore
+) -> None:
+    login(client)
+    before = solve(client, conda=["hello-py"]).json()["solve"]
+    assert all(UPSTREAM_FIELDS | {"name", "version", "channel"} <= set(p) for p in before)
+    # nothing was built or indexed yet: no row to point at, and the solve writes none
+    assert {(p["id"], p["package_id"], p["channel_id"]) for p in before} == {(None, None, None)}
+    assert all(isinstance(p["size"], int) and p["md5"] and p["depends"] is not None for p in before)
+
+    build_id = submit(client, "name: rows\ndependencies: [hello-py]\n")
+    assert wait_for_build(client, build_id)["status"] == "COMPLETED"
+    after = solve(client, conda=["hello-py"]).json()["solve"]
+    with conda_store.session() as session:
+        for package in after:
+            row = session.get(CondaPackageBuild, package["id"])
+            assert row is not None, package
+            assert (row.package.name, row.package.version, row.build) == (
+                package["name"],
+                package["version"],
+                package["build"],
+            )
+            assert row.package_id == package["package_id"]
+            assert row.channel_id == package["channel_id"]
+            assert row.channel.name == package["channel"]
+            assert row.sha256 == package["sha256"] and row.md5 == package["md5"]

@@ -183,7 +183,9 @@ def test_json_text_is_accepted() -> None:
     [
         "--index-url https://pypi.example/simple",
         "--extra-index-url=https://pypi.example/simple",
-        "--trusted-host pypi.example",
+        "--find-links https://pypi.example/wheels/",
+        "--find-links=file:///srv/wheels",  # the URL rules decide whether a worker may read it
+        "--pre",
     ],
 )
 def test_supported_pip_options_are_accepted(option: str) -> None:
@@ -192,7 +194,7 @@ def test_supported_pip_options_are_accepted(option: str) -> None:
 
 
 def test_supported_pip_options_constant() -> None:
-    assert SUPPORTED_PIP_OPTIONS == ("--index-url", "--extra-index-url", "--trusted-host")
+    assert SUPPORTED_PIP_OPTIONS == ("--index-url", "--extra-index-url", "--find-links", "--pre")
 
 
 def test_variables_keep_strings_and_integers() -> None:
@@ -321,7 +323,7 @@ def test_dependency_of_wrong_shape() -> None:
 def test_bad_pip_option_message_is_upstreams() -> None:
     assert error_of(spec_text(dependencies=[{"pip": ["--foo bar"]}])) == (
         "Value error, Invalid pip option '--foo bar' supported options are "
-        "['--index-url', '--extra-index-url', '--trusted-host'] "
+        "['--index-url', '--extra-index-url', '--find-links', '--pre'] "
         "(type=value_error, loc=('dependencies', 0, 'CondaSpecificationPip', 'pip', 0))"
     )
 
@@ -333,7 +335,7 @@ def test_bad_pip_option_message_is_upstreams() -> None:
         "--index-url ",
         "--index-url=",
         "--index-url https://a\n-r /etc/passwd",
-        "--trusted-host a b",
+        "--find-links a b",
     ],
 )
 def test_pip_option_needs_one_clean_value(option: str) -> None:
@@ -342,7 +344,7 @@ def test_pip_option_needs_one_clean_value(option: str) -> None:
     assert "needs one value without spaces or control characters" in message
 
 
-@pytest.mark.parametrize("requirement", ["fl ask!", "-e .", "flask\n-r /etc/passwd", ""])
+@pytest.mark.parametrize("requirement", ["fl ask!", "flask >= 1 <", "flask\n-r /etc/passwd", ""])
 def test_bad_pip_requirement_message_is_upstreams(requirement: str) -> None:
     assert error_of(spec_text(dependencies=[{"pip": ["ok", requirement]}])) == (
         f'Value error, Invalid pypi package dependency "{requirement}" {PIP_HINT} '
@@ -670,17 +672,30 @@ def test_pypi_included_packages_by_canonical_name_and_options_by_string() -> Non
             "Flask_Login>=0.6",
             "requests",
             "--index-url https://p/simple",
-            "--trusted-host p",
+            "--extra-index-url https://q/simple/",
+            "--pre",
         )
     )
     spec = parse_specification(
-        spec_text(dependencies=["python", {"pip": ["flask-login", "--index-url https://p/simple"]}])
+        spec_text(
+            dependencies=[
+                "python",
+                {
+                    "pip": [
+                        "flask-login",
+                        "--index-url=https://p/simple/",
+                        "--extra-index-url=https://q/simple",
+                    ]
+                },
+            ]
+        )
     )
     assert apply_policy(spec, policy).pip_dependencies() == [
         "flask-login",
-        "--index-url https://p/simple",
+        "--index-url=https://p/simple/",
+        "--extra-index-url=https://q/simple",
         "requests",
-        "--trusted-host p",
+        "--pre",
     ]
 
 
@@ -695,15 +710,15 @@ def test_pypi_included_packages_go_into_the_first_pip_entry() -> None:
 
 
 def test_pypi_required_packages_name_what_is_missing() -> None:
-    policy = SpecificationPolicy(pypi_required_packages=("Flask>=2", "attrs", "--trusted-host p"))
+    policy = SpecificationPolicy(pypi_required_packages=("Flask>=2", "attrs", "--pre"))
     spec = parse_specification(spec_text(dependencies=[{"pip": ["attrs==23.1"]}]))
     with pytest.raises(SpecificationError) as info:
         apply_policy(spec, policy)
     assert info.value.message == (
-        "PyPI packages ['Flask>=2', '--trusted-host p'] are required and missing from the specification"
+        "PyPI packages ['Flask>=2', '--pre'] are required and missing from the specification"
     )
-    ok = parse_specification(spec_text(dependencies=[{"pip": ["flask", "attrs", "--trusted-host p"]}]))
-    assert apply_policy(ok, policy).pip_dependencies() == ["flask", "attrs", "--trusted-host p"]
+    ok = parse_specification(spec_text(dependencies=[{"pip": ["flask", "attrs", "--pre"]}]))
+    assert apply_policy(ok, policy).pip_dependencies() == ["flask", "attrs", "--pre"]
 
 
 def test_no_pip_entry_is_created_when_nothing_is_added() -> None:

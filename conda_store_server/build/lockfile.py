@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import rattler
 
 from conda_store_server.conda_lock_models import HashModel, LockedDependency, Lockfile, LockMeta
 from conda_store_server.exception import BuildFailure
+from conda_store_server.redact import strip_credentials
+
+if TYPE_CHECKING:
+    from conda_store_server.build.pip import PipPackage
 
 
 def _dependencies(depends: list[str]) -> dict[str, str]:
@@ -94,3 +98,26 @@ def pip_packages(lock: dict[str, Any], platform: str) -> list[dict[str, Any]]:
         for package in lock.get("package", [])
         if package.get("manager") == "pip" and package.get("platform") == platform
     ]
+
+
+def with_pip_packages(lock: dict[str, Any], platform: str, packages: list[PipPackage]) -> dict[str, Any]:
+    """`lock` with the pip packages installed for `platform`, as conda-lock writes them.
+
+    URLs carry no credentials: a lockfile is read by everyone who may read the environment,
+    and whoever installs it again brings their own login for the index.
+    """
+    entries = [
+        LockedDependency(
+            name=package.name,
+            version=package.version,
+            manager="pip",
+            platform=platform,
+            dependencies=dict(package.dependencies),
+            url=strip_credentials(package.url),
+            hash=HashModel(sha256=package.sha256),
+            category="main",
+            optional=False,
+        ).model_dump(by_alias=True, exclude_unset=True, exclude_none=True)
+        for package in sorted(packages, key=lambda p: p.name)
+    ]
+    return {**lock, "package": [*lock.get("package", []), *entries]}

@@ -1,5 +1,9 @@
 """One build, start to finish: solve → lockfile → install → record → COMPLETED → artifacts.
 
+`pip:` dependencies are resolved and installed after the conda packages, for the environment's
+own python (`conda_store_server.build.pip`); the lockfile of such a build is stored once it
+holds them too.
+
 Runs inside the supervised child process (see `conda_store_server.worker.supervisor`). Every
 status change is conditional on the build still being BUILDING, so a cancel or a recovery that
 already decided the outcome is never overwritten.
@@ -24,7 +28,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from conda_store_server.build import artifacts, install, lockfile, solve
+from conda_store_server.build import artifacts, install, lockfile, pip, solve
 from conda_store_server.build.keys import artifact_key, build_key, identity_of
 from conda_store_server.build.logs import BuildLog
 from conda_store_server.build.permissions import apply_ownership
@@ -40,7 +44,15 @@ from conda_store_server.db.models import (
     utcnow,
 )
 from conda_store_server.exception import BuildFailure, CondaStoreError, SpecificationError
-from conda_store_server.fetch_policy import Resolver, check_channels, check_lockfile_urls, check_package_urls
+from conda_store_server.fetch_policy import (
+    Resolver,
+    check_channels,
+    check_lockfile_urls,
+    check_package_urls,
+    check_pip_index_urls,
+    check_resolved_pip_urls,
+)
+from conda_store_server.redact import mask_credentials
 from conda_store_server.service import get_build, link_current_build, prefix_of, run_post_update_hook
 from conda_store_server.settings import Settings, get_settings
 from conda_store_server.specification import SpecificationPolicy, normalize_channel
@@ -85,14 +97,15 @@ def run_build(conda_store: CondaStore, build_id: int) -> BuildStatus:
     try:
         _build(conda_store, plan, log)
     except BuildFailure as failure:
-        log.write(f"build failed: {failure.reason}")
+        reason = mask_credentials(failure.reason)
+        log.write(f"build failed: {reason}")
         log.flush()
-        _mark_failed(conda_store, plan.build_id, failure.reason)
+        _mark_failed(conda_store, plan.build_id, reason)
         return BuildStatus.FAILED
     except Exception as error:
-        log.write(traceback.format_exc())
+        log.write(mask_credentials(traceback.format_exc()))
         log.flush()
-        _mark_failed(conda_store, plan.build_id, f"internal error: {error!r}")
+        _mark_failed(conda_store, plan.build_id, mask_credentials(f"internal error: {error!r}"))
         return BuildStatus.FAILED
     log.write(f"build {build_id} finished in {time.monotonic() - started:.2f} s")
     log.flush()
@@ -116,15 +129,12 @@ def _plan(session: Session, conda_store: CondaStore, build: Build) -> BuildPlan:
 
 def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
     host = str(rattler.Subdir.current())
+    solve_started = time.monotonic()
     lock, channels = _lock(conda_store, plan, log)
-    _store_artifact(
-        conda_store,
-        plan.build_id,
-        BuildArtifactType.LOCKFILE,
-        artifact_key("lockfile", plan.key),
-        json.dumps(lock, indent=4).encode(),
-        "application/json",
-    )
+    pip_entries = [] if plan.is_lockfile else _pip_entries(plan.spec)
+    if not pip_entries:  # otherwise the lockfile is complete only once pip has resolved
+        _store_lockfile(conda_store, plan, lock)
+    locked_pip = [pip.PipPackage.from_lock_entry(entry) for entry in lockfile.pip_packages(lock, host)]
     records_by_platform = lockfile.from_conda_lock(lock)
     if host not in records_by_platform:
         raise BuildFailure(
@@ -144,11 +154,14 @@ def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
     size = asyncio.run(install.install(records, plan.prefix, conda_store.package_cache_directory))
     log.write(f"installed in {time.monotonic() - started:.2f} s")
 
-    pip = lockfile.pip_packages(lock, host)
-    if pip:
-        raise BuildFailure(
-            "pip dependencies are not supported yet; remove the `pip:` section from the specification"
-        )
+    if pip_entries:
+        budget = pip.SolveBudget(plan.settings.conda_max_solve_time, solve_started)
+        locked_pip, pip_size = _pip_install(conda_store, plan, pip_entries, budget, log)
+        lock = lockfile.with_pip_packages(lock, host, locked_pip)
+        _store_lockfile(conda_store, plan, lock)
+        size += pip_size
+    elif locked_pip:
+        size += _pip_install_locked(conda_store, plan, locked_pip, log)
 
     apply_ownership(
         plan.prefix, plan.settings.default_uid, plan.settings.default_gid, plan.settings.default_permissions
@@ -156,7 +169,82 @@ def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
     with conda_store.session() as session:
         _record_packages(session, plan.build_id, plan.prefix, records)
     _complete(conda_store, plan, size, log)
-    _make_artifacts(conda_store, plan, channels, log)
+    _make_artifacts(conda_store, plan, channels, [f"{p.name}=={p.version}" for p in locked_pip], log)
+
+
+def _store_lockfile(conda_store: CondaStore, plan: BuildPlan, lock: dict[str, Any]) -> None:
+    _store_artifact(
+        conda_store,
+        plan.build_id,
+        BuildArtifactType.LOCKFILE,
+        artifact_key("lockfile", plan.key),
+        json.dumps(lock, indent=4).encode(),
+        "application/json",
+    )
+
+
+def _pip_entries(spec: dict[str, Any]) -> list[str]:
+    """The entries (requirements and options) of every `{"pip": [...]}` dependency."""
+    return [
+        entry
+        for dependency in spec.get("dependencies", [])
+        if isinstance(dependency, dict)
+        for entry in dependency.get("pip", [])
+    ]
+
+
+def _uv_cache(conda_store: CondaStore) -> str:
+    """uv's cache, shared by every build of the store (uv locks it for concurrent use)."""
+    return os.path.join(conda_store.store_directory, ".uv-cache")
+
+
+def _pip_install(
+    conda_store: CondaStore, plan: BuildPlan, entries: list[str], budget: pip.SolveBudget, log: BuildLog
+) -> tuple[list[pip.PipPackage], int]:
+    """Resolve the specification's pip entries for the environment's python and install them."""
+    options = pip.pip_options(entries, conda_store.pypi_index_url, conda_store.pypi_extra_index_urls)
+    indexes = [options.index_url, *options.extra_index_urls, *options.find_links]
+    log.write(mask_credentials(f"resolving pip requirements {list(options.requirements)} from {indexes}"))
+    started = time.monotonic()
+    interpreter = pip.inspect_interpreter(plan.prefix, budget.remaining())
+    with artifacts.temporary_directory(conda_store.store_directory) as scratch:
+        packages = pip.resolve(interpreter, options, _uv_cache(conda_store), scratch, budget, log)
+        log.write(f"resolved in {time.monotonic() - started:.2f} s")
+        if options.names_sources:  # files of an index the administrator did not choose
+            _check_urls(check_resolved_pip_urls, [package.url for package in packages], plan.settings)
+        _log_pip_packages(packages, log)
+        pip.install(interpreter, packages, options, _uv_cache(conda_store), scratch, log)
+    packages = pip.with_dependencies(interpreter, packages, options.requirements)
+    return packages, pip.installed_size(plan.prefix, interpreter, packages)
+
+
+def _pip_install_locked(
+    conda_store: CondaStore, plan: BuildPlan, packages: list[pip.PipPackage], log: BuildLog
+) -> int:
+    """Install a lockfile's pip files as they are; conda's distributions stay as conda put them."""
+    options = pip.PipOptions(
+        requirements=(),
+        index_url=conda_store.pypi_index_url,
+        extra_index_urls=tuple(conda_store.pypi_extra_index_urls),
+    )
+    interpreter = pip.inspect_interpreter(plan.prefix, pip.INSPECT_SECONDS)
+    conda = pip.conda_distributions(interpreter)
+    clashes = [f"{p.name} {p.version} (conda: {conda[p.name]})" for p in packages if p.name in conda]
+    if clashes:
+        raise BuildFailure(
+            f"The lockfile installs {', '.join(clashes)} with pip over the conda package of the "
+            "same name; remove those pip entries or the conda packages from the lockfile"
+        )
+    _log_pip_packages(packages, log)
+    with artifacts.temporary_directory(conda_store.store_directory) as scratch:
+        pip.install(interpreter, packages, options, _uv_cache(conda_store), scratch, log)
+    return pip.installed_size(plan.prefix, interpreter, packages)
+
+
+def _log_pip_packages(packages: list[pip.PipPackage], log: BuildLog) -> None:
+    log.write(f"installing {len(packages)} pip packages")
+    for package in packages:
+        log.write(mask_credentials(f"  {package.name} {package.version}  {package.url}"))
 
 
 def _check_urls(
@@ -185,18 +273,8 @@ def _lock(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> tuple[dict
         log.write("using the submitted lockfile; no solve needed")
         return lock, channels
 
-    pip_requirements = [
-        requirement
-        for dependency in plan.spec.get("dependencies", [])
-        if isinstance(dependency, dict)
-        for requirement in dependency.get("pip", [])
-    ]
-    if pip_requirements:
-        raise BuildFailure(
-            f"pip dependencies {pip_requirements} are not supported yet; remove the `pip:` "
-            "section from the specification"
-        )
     settings = plan.settings
+    _check_urls(check_pip_index_urls, _pip_entries(plan.spec), settings)
     given = plan.spec.get("channels") or settings.conda_default_channels
     _check_urls(check_channels, given, settings)
     channels = [normalize_channel(c, settings.conda_channel_alias) for c in given]
@@ -438,11 +516,13 @@ def _complete(conda_store: CondaStore, plan: BuildPlan, size: int, log: BuildLog
     log.flush()
 
 
-def _make_artifacts(conda_store: CondaStore, plan: BuildPlan, channels: list[str], log: BuildLog) -> None:
+def _make_artifacts(
+    conda_store: CondaStore, plan: BuildPlan, channels: list[str], pip_pins: list[str], log: BuildLog
+) -> None:
     """Artifacts after COMPLETED (as the original): a failure here is logged, the env stays usable."""
     wanted = plan.settings.build_artifacts
     if "YAML" in wanted:
-        content = artifacts.export_yaml(plan.environment_name, plan.prefix, channels, [])
+        content = artifacts.export_yaml(plan.environment_name, plan.prefix, channels, pip_pins)
         _store_artifact(
             conda_store,
             plan.build_id,

@@ -263,8 +263,8 @@ class CondaStoreServer(BaseApplication):
         return listening
 
     def serve_in_processes(self, listening: socket.socket) -> None:
-        """uvicorn's supervisor binds the socket here and starts `workers` processes on it (and
-        replaces any that dies). Each rebuilds this server from its command line, in
+        """uvicorn's supervisor starts `workers` processes on the socket bound by `bind_socket`
+        (and replaces any that dies). Each rebuilds this server from its command line, in
         `app_from_parent`: configuration files may hold functions, which do not pickle."""
         from uvicorn.supervisors import Multiprocess
 

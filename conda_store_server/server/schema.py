@@ -136,13 +136,23 @@ def reported_current_build_id(environment: models.Environment) -> int | None:
 
 
 class SpecificationRequest(BaseModel):
-    """Body of POST /api/v1/specification/ (unknown keys are ignored, as upstream)."""
+    """Body of POST /api/v1/specification/ (unknown keys are ignored, as upstream).
+
+    `lockfile_environment` is ours: a pixi lockfile can lock several environments, and the
+    request says which one to build (upstream clients never send it).
+    """
 
     specification: str = Field("", max_length=MAX_LOCKFILE_BYTES)
     namespace: str | None = None
     is_lockfile: bool = False
     environment_name: str = ""
     environment_description: str = Field("", max_length=MAX_DESCRIPTION_CHARACTERS)
+    lockfile_environment: str | None = Field(
+        None,
+        min_length=1,
+        max_length=255,
+        description="With is_lockfile and a pixi lockfile: the environment to build (default: `default`)",
+    )
 
 
 class EnvironmentUpdate(BaseModel):

@@ -4,6 +4,11 @@ The solve runs in the request (rattler's solve is async and works off the event 
 bounded by conda_max_solve_time, with the same policy as a build. Given an environment, the
 answer also says what would change against its current build, so users see a change before
 they build it.
+
+Each solved package carries the columns of upstream's `conda_package_build` rows (the official
+client's `conda-store solve` prints `channel_id`): the ids are those of the rows the database
+already has for that channel, package and build (from an earlier build or channel indexing),
+and null when it has none; a solve writes nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +23,13 @@ from sqlalchemy import select
 
 from conda_store_server import service
 from conda_store_server.build import solve
-from conda_store_server.db.models import CondaPackage, CondaPackageBuild, build_conda_package_build
+from conda_store_server.build.pipeline import PACKAGE_BUILD_KEY, package_build_values
+from conda_store_server.db.models import (
+    CondaChannel,
+    CondaPackage,
+    CondaPackageBuild,
+    build_conda_package_build,
+)
 from conda_store_server.exception import BuildFailure, CondaStoreError, NotFoundError
 from conda_store_server.fetch_policy import check_channels
 from conda_store_server.server.auth import Permissions
@@ -64,6 +75,46 @@ def _policy_checked(
             current = dict(rows.all())
         specs = [d for d in validated.dependencies if isinstance(d, str)]
         return validated, resolved, specs, current
+
+
+def _channel_name(record: rattler.RepoDataRecord) -> str | None:
+    """The channel as the package tables name it: the build pipeline names a record's channel
+    the same way (it falls back to the URL only for records without one, which a solve never
+    returns)."""
+    return str(record.channel).rstrip("/") if record.channel else None
+
+
+def _known_ids(
+    conda_store: Any, records: list[rattler.RepoDataRecord]
+) -> list[tuple[int | None, int | None, int | None]]:
+    """(channel_id, package_id, id) of each record's rows in the package tables, None where
+    there is no row: three queries, whatever the number of packages."""
+    names = {name for name in map(_channel_name, records) if name is not None}
+    with conda_store.session() as session:
+        channel_rows = select(CondaChannel.name, CondaChannel.id).where(CondaChannel.name.in_(names))
+        channels: dict[str | None, int] = dict(session.execute(channel_rows).all())
+        package_rows = select(
+            CondaPackage.channel_id, CondaPackage.name, CondaPackage.version, CondaPackage.id
+        ).where(
+            CondaPackage.channel_id.in_(channels.values()),
+            CondaPackage.name.in_({r.name.normalized for r in records}),
+        )
+        packages = {tuple(row[:3]): row[3] for row in session.execute(package_rows)}
+        key_columns = [getattr(CondaPackageBuild, column) for column in PACKAGE_BUILD_KEY]
+        build_rows = select(*key_columns, CondaPackageBuild.id).where(
+            CondaPackageBuild.package_id.in_(packages.values())
+        )
+        builds = {tuple(row[:-1]): row[-1] for row in session.execute(build_rows)}
+    ids: list[tuple[int | None, int | None, int | None]] = []
+    for record in records:
+        channel_id = channels.get(_channel_name(record))
+        package_id = packages.get((channel_id, record.name.normalized, str(record.version)))
+        build_id = None
+        if channel_id is not None and package_id is not None:
+            values = package_build_values(record, channel_id, package_id)  # the row's natural key
+            build_id = builds.get(tuple(values[column] for column in PACKAGE_BUILD_KEY))
+        ids.append((channel_id, package_id, build_id))
+    return ids
 
 
 def changes(current: dict[str, str], solved: dict[str, str]) -> dict[str, Any]:
@@ -118,17 +169,26 @@ async def api_solve_specification(
     except BuildFailure as failure:
         raise CondaStoreError(str(failure)) from failure
     records = sorted(solved[host], key=lambda r: r.name.normalized)
+    ids = await run_in_threadpool(_known_ids, conda_store, records)
     packages = [
         {
+            "id": build_id,
+            "package_id": package_id,
+            "channel_id": channel_id,
             "name": r.name.normalized,
             "version": str(r.version),
             "build": str(r.build),
-            "channel": str(r.channel).rstrip("/") if r.channel else None,
+            "build_number": r.build_number,
+            "channel": _channel_name(r),
             "subdir": r.subdir,
             "size": r.size,
+            "md5": r.md5.hex() if r.md5 else None,
             "sha256": r.sha256.hex() if r.sha256 else None,
+            "depends": list(r.depends),
+            "constrains": list(r.constrains),
+            "timestamp": int(r.timestamp.timestamp() * 1000) if r.timestamp else None,
         }
-        for r in records
+        for r, (channel_id, package_id, build_id) in zip(records, ids, strict=True)
     ]
     data: dict[str, Any] = {"solve": packages, "platform": host, "channels": resolved}
     if current is not None:

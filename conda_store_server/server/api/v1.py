@@ -6,13 +6,14 @@ work never blocks the event loop.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from conda_store_server import __version__, service
+from conda_store_server import __version__, pixi_lock, service
 from conda_store_server.app import CondaStore
 from conda_store_server.build.keys import build_key, identity_of
 from conda_store_server.db.models import BuildArtifactType, Namespace
@@ -87,9 +88,19 @@ def api_post_specification(
 ) -> dict[str, Any]:
     namespace = body.namespace or caller.primary_namespace
     if body.is_lockfile:
+        text = body.specification
+        # a pixi lockfile is built as the conda-lock v1 lockfile of its chosen environment, so
+        # it meets the same validation and URL rules as a conda-lock upload
+        converted = pixi_lock.conda_lock_from_pixi(text, body.lockfile_environment)
+        if converted is not None:
+            text = json.dumps(converted, separators=(",", ":"))
+        elif body.lockfile_environment is not None:
+            raise HTTPException(400, "lockfile_environment applies to pixi lockfiles only; remove it")
         specification = parse_lockfile_specification(
-            body.specification, body.environment_name, body.environment_description
+            text, body.environment_name, body.environment_description
         )
+    elif body.lockfile_environment is not None:
+        raise HTTPException(400, "lockfile_environment applies to pixi lockfiles (is_lockfile: true)")
     else:
         specification = parse_specification(body.specification)
     service.check_name("namespace", namespace)
@@ -285,6 +296,36 @@ for _kind, _paths in ARTIFACT_PATHS.items():
         router.add_api_route(
             f"/build/{{build_id}}/{_path}", _artifact_route(_kind), methods=["GET"], response_class=Response
         )
+
+
+@router.get("/build/{build_id}/pixi.lock", response_class=PlainTextResponse)
+def api_build_pixi_lock(
+    build_id: BuildId,
+    caller: Caller = CallerDependency,
+    session: Session = SessionDependency,
+    conda_store: CondaStore = StoreDependency,
+) -> PlainTextResponse:
+    """The build's lockfile in pixi's format (version 7), for pixi users.
+
+    Converted on request from the conda-lock v1 LOCKFILE artifact, which stays the one stored
+    truth; the answer builds the same environment when uploaded back (is_lockfile).
+    """
+    build = _readable_build(session, caller, build_id)
+    kind = BuildArtifactType.LOCKFILE
+    artifact = next((a for a in build.build_artifacts if a.artifact_type == kind), None)
+    if artifact is None:
+        raise HTTPException(404, f"build {build_id} has no {kind.value} artifact")
+    if not conda_store.storage.exists(artifact.key):
+        raise HTTPException(404, f"the {kind.value} artifact of build {build_id} is gone")
+    try:
+        lock = json.loads(conda_store.storage.get(artifact.key))
+    except ValueError as error:
+        raise HTTPException(409, f"the {kind.value} artifact of build {build_id} is unreadable") from error
+    return PlainTextResponse(
+        pixi_lock.pixi_from_conda_lock(lock),
+        media_type="text/yaml; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="pixi.lock"'},
+    )
 
 
 @router.get("/build/{build_id}/docker/", response_class=PlainTextResponse, deprecated=True)

@@ -1,0 +1,479 @@
+"""The `pip:` dependencies of a build, resolved and installed with uv into the environment's python.
+
+uv runs as a subprocess of the build process, in its process group, so a cancel or a build
+timeout (which signal the whole group) stops it too. It resolves for the environment's own
+interpreter (`<prefix>/bin/python`), and what conda installed counts as installed: every
+distribution conda put into site-packages is a constraint (`name==version`) of the resolution,
+backed by a metadata-only stand-in wheel so that the resolution never needs that exact version
+on an index, and is skipped at install. A pip requirement that conda satisfies is therefore
+neither reinstalled nor shadowed, and one that would need another version fails naming both.
+
+The resolution (`uv pip compile --format pylock.toml`) gives each file's URL and sha256; the
+install (`uv pip install --no-deps --require-hashes`) takes exactly those files, which is also
+how a lockfile's pip entries are installed. Index URLs reach uv through its environment
+variables, not its command line, so their credentials never show in a process list; what is
+logged or raised passes through `mask_credentials`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import os
+import re
+import subprocess
+import time
+import tomllib
+import zipfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import packaging
+import uv
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name, parse_wheel_filename
+from packaging.version import InvalidVersion, Version
+
+from conda_store_server.build.logs import BuildLog
+from conda_store_server.exception import BuildFailure
+from conda_store_server.redact import mask_credentials, strip_credentials
+from conda_store_server.specification import _split_pip_option
+
+__all__ = [
+    "Interpreter",
+    "PipOptions",
+    "PipPackage",
+    "SolveBudget",
+    "conda_distributions",
+    "inspect_interpreter",
+    "install",
+    "installed_size",
+    "pip_options",
+    "resolve",
+    "with_dependencies",
+]
+
+#: Seconds the interpreter inspection of a lockfile build may take (it has no solve budget).
+INSPECT_SECONDS = 60
+
+#: Variables of the worker's environment that would change what uv resolves or where it
+#: installs; the store's settings and the specification decide those. uv's other variables
+#: (credentials of named indexes, TLS, proxies, timeouts) and ~/.netrc still apply.
+_IGNORED_UV_VARIABLES = (
+    "UV_INDEX",
+    "UV_DEFAULT_INDEX",
+    "UV_INDEX_URL",
+    "UV_EXTRA_INDEX_URL",
+    "UV_FIND_LINKS",
+    "UV_NO_INDEX",
+    "UV_CONSTRAINT",
+    "UV_OVERRIDE",
+    "UV_EXCLUDE",
+    "UV_PRERELEASE",
+    "UV_PYTHON",
+    "UV_SYSTEM_PYTHON",
+    "UV_NO_CACHE",
+    "UV_NO_VERIFY_HASHES",
+    "UV_CONFIG_FILE",
+)
+
+#: Run by the environment's interpreter: what resolution and wheel choice depend on. The
+#: worker's own `packaging` is put first on the path, since the environment may have none.
+_INSPECT_SCRIPT = """
+import json, sys, sysconfig
+sys.path.insert(0, sys.argv[1])
+from packaging import markers, tags
+print(json.dumps({
+    "markers": markers.default_environment(),
+    "tags": [str(tag) for tag in tags.sys_tags()],
+    "site_packages": sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}),
+}))
+"""
+
+
+@dataclass(frozen=True)
+class PipOptions:
+    """What a `pip:` list asks for, with the store's indexes where it names none."""
+
+    requirements: tuple[str, ...]
+    index_url: str
+    extra_index_urls: tuple[str, ...] = ()
+    find_links: tuple[str, ...] = ()
+    prerelease: bool = False
+    #: The specification chose where packages come from (an index or --find-links of its own).
+    names_sources: bool = False
+
+
+def pip_options(entries: Iterable[str], index_url: str, extra_index_urls: Iterable[str]) -> PipOptions:
+    """Split a `pip:` list into requirements and uv options.
+
+    A specification's `--index-url` replaces the store's indexes (pypi_index_url and
+    pypi_extra_index_urls), as pip's does; its `--extra-index-url`s are searched as well.
+    """
+    requirements: list[str] = []
+    values: dict[str, list[str]] = {}
+    prerelease = False
+    for entry in entries:
+        if not entry.startswith("--"):
+            requirements.append(entry)
+            continue
+        option, value = _split_pip_option(entry)
+        if option == "--pre":
+            prerelease = True
+        elif value is not None:
+            values.setdefault(option, []).append(value)
+    own_index = values.get("--index-url", [])
+    extra = values.get("--extra-index-url", [])
+    return PipOptions(
+        requirements=tuple(requirements),
+        index_url=own_index[-1] if own_index else index_url,
+        extra_index_urls=tuple(extra if own_index else [*extra_index_urls, *extra]),
+        find_links=tuple(values.get("--find-links", [])),
+        prerelease=prerelease,
+        names_sources=bool(own_index or extra or values.get("--find-links")),
+    )
+
+
+@dataclass(frozen=True)
+class PipPackage:
+    """One installed pip distribution, as the lockfile records it (URL without credentials)."""
+
+    name: str
+    version: str
+    url: str
+    sha256: str
+    dependencies: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_lock_entry(cls, entry: Mapping[str, Any]) -> PipPackage:
+        """A lockfile's `manager: pip` entry; it must name a file and its sha256."""
+        name = str(entry.get("name", ""))
+        url = entry.get("url")
+        sha256 = (entry.get("hash") or {}).get("sha256")
+        if not isinstance(url, str) or not isinstance(sha256, str):
+            raise BuildFailure(
+                f"The lockfile's pip package {name!r} has no url or no sha256 hash; every pip "
+                "package of a lockfile needs both, so that exactly that file is installed"
+            )
+        return cls(canonicalize_name(name), str(entry.get("version", "")), url, sha256.lower())
+
+
+@dataclass(frozen=True)
+class SolveBudget:
+    """What the conda solve left of CondaStore.conda_max_solve_time: pip resolution shares it."""
+
+    limit: int
+    started: float  # time.monotonic() when the conda solve began
+
+    def remaining(self) -> float:
+        return self.limit - (time.monotonic() - self.started)
+
+    def exceeded(self) -> BuildFailure:
+        return BuildFailure(
+            f"Resolving the pip requirements took longer than CondaStore.conda_max_solve_time "
+            f"({self.limit} s, conda solve included) and uv was stopped; simplify the pip "
+            "requirements or raise the limit"
+        )
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    """The environment's python, as resolution and installation see it."""
+
+    python: str
+    markers: Mapping[str, str]
+    tags: tuple[str, ...]
+    site_packages: tuple[str, ...]
+
+
+def inspect_interpreter(prefix: str, timeout: float) -> Interpreter:
+    """Ask the environment's python about itself; fail the build if there is none."""
+    python = os.path.join(prefix, "bin", "python")
+    if not os.path.exists(python):
+        raise BuildFailure(
+            "The specification has pip dependencies but its environment has no python; "
+            "add `python` to the conda dependencies"
+        )
+    packaging_path = os.path.dirname(os.path.dirname(packaging.__file__))
+    try:
+        result = subprocess.run(
+            [python, "-I", "-c", _INSPECT_SCRIPT, packaging_path],
+            capture_output=True,
+            text=True,
+            timeout=max(timeout, 1),
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired as error:
+        raise BuildFailure(
+            f"The environment's python did not answer within {timeout:.0f} s, so the pip "
+            "requirements could not be resolved for it"
+        ) from error
+    except OSError as error:
+        raise BuildFailure(f"The environment's python ({python}) cannot be run: {error}") from error
+    try:
+        found = json.loads(result.stdout)
+    except ValueError:
+        found = None
+    if result.returncode != 0 or not isinstance(found, dict):
+        raise BuildFailure(
+            f"The environment's python ({python}) could not tell what pip packages fit it: "
+            f"{mask_credentials(result.stderr.strip()) or 'no output'}"
+        )
+    return Interpreter(python, found["markers"], tuple(found["tags"]), tuple(found["site_packages"]))
+
+
+def conda_distributions(interpreter: Interpreter) -> dict[str, str]:
+    """Normalized name -> version of the Python distributions in site-packages (all conda's,
+    since pip installs nothing before this is read)."""
+    found: dict[str, str] = {}
+    for distribution in importlib.metadata.distributions(path=list(interpreter.site_packages)):
+        name = distribution.metadata["Name"]
+        try:
+            version = str(Version(distribution.version))
+        except (InvalidVersion, TypeError):
+            continue  # a version resolution cannot compare is no constraint
+        if name:
+            found.setdefault(canonicalize_name(name), version)
+    return found
+
+
+def _stub_wheel(directory: Path, name: str, version: str) -> None:
+    """A wheel holding only metadata: stands for a conda-installed distribution in a resolution.
+
+    It has no dependencies: conda already installed what the conda package needs.
+    """
+    distribution = re.sub(r"[-_.]+", "_", name)
+    dist_info = f"{distribution}-{version}.dist-info"
+    files = {
+        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files[f"{dist_info}/RECORD"] = "".join(f"{path},,\n" for path in [*files, f"{dist_info}/RECORD"])
+    with zipfile.ZipFile(directory / f"{distribution}-{version}-py3-none-any.whl", "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+
+
+def _uv_environment(options: PipOptions) -> dict[str, str]:
+    environment = {key: value for key, value in os.environ.items() if key not in _IGNORED_UV_VARIABLES}
+    environment["COLUMNS"] = "1000"  # uv wraps explanations at this width; readers wrap their own
+    environment["UV_INDEX_URL"] = options.index_url
+    if options.extra_index_urls:
+        environment["UV_EXTRA_INDEX_URL"] = " ".join(options.extra_index_urls)
+    return environment
+
+
+def _uv_arguments(interpreter: Interpreter, cache_dir: str) -> list[str]:
+    arguments = ["--python", interpreter.python, "--cache-dir", cache_dir]
+    return [*arguments, "--no-config", "--no-progress", "--color", "never", "--no-python-downloads"]
+
+
+def _run_uv(
+    arguments: list[str], options: PipOptions, scratch: str, timeout: float | None, log: BuildLog
+) -> subprocess.CompletedProcess[str]:
+    """uv in `scratch`, in this process's group (so the build's cancel and timeout reach it)."""
+    log.write(mask_credentials("uv " + " ".join(arguments)))
+    try:
+        return subprocess.run(
+            [uv.find_uv_bin(), *arguments],
+            cwd=scratch,
+            env=_uv_environment(options),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+    except OSError as error:  # FileNotFoundError from find_uv_bin, or an exec failure
+        raise BuildFailure(
+            f"uv, which installs pip dependencies, cannot be run on this worker ({error}); the "
+            "administrator must install the uv package beside conda-store-server"
+        ) from error
+
+
+def resolve(
+    interpreter: Interpreter,
+    options: PipOptions,
+    cache_dir: str,
+    scratch: str,
+    budget: SolveBudget,
+    log: BuildLog,
+) -> list[PipPackage]:
+    """The files to install for `options.requirements`, conda's distributions left out.
+
+    Fails the build with uv's explanation (naming the conda packages it involves) when the
+    requirements cannot be met, and with the time limit when uv outlasts the budget.
+    """
+    conda = conda_distributions(interpreter)
+    directory = Path(scratch)
+    (directory / "requirements.in").write_text("".join(f"{line}\n" for line in options.requirements))
+    (directory / "constraints.txt").write_text("".join(f"{n}=={v}\n" for n, v in sorted(conda.items())))
+    stubs = directory / "conda-distributions"
+    stubs.mkdir()
+    for name, version in conda.items():
+        _stub_wheel(stubs, name, version)
+    arguments = ["pip", "compile", "requirements.in", "--format", "pylock.toml", "-o", "pylock.toml"]
+    arguments += ["--no-header", "-c", "constraints.txt", "--find-links", str(stubs)]
+    arguments += [argument for link in options.find_links for argument in ("--find-links", link)]
+    if options.prerelease:
+        arguments += ["--prerelease", "allow"]
+    arguments += _uv_arguments(interpreter, cache_dir)
+    if budget.remaining() <= 0:
+        raise budget.exceeded()
+    try:
+        result = _run_uv(arguments, options, scratch, budget.remaining(), log)
+    except subprocess.TimeoutExpired as error:
+        raise budget.exceeded() from error
+    if result.returncode != 0:
+        raise BuildFailure(_resolution_failure(result.stderr, conda))
+    log.write(mask_credentials(result.stderr.strip()))
+    lock = tomllib.loads((directory / "pylock.toml").read_text())
+    packages = []
+    for package in lock.get("packages", []):
+        name = canonicalize_name(package["name"])
+        if name in conda:
+            log.write(f"  {name} {conda[name]}: installed by conda, not by pip")
+            continue
+        url, sha256 = _chosen_file(package, interpreter.tags)
+        packages.append(PipPackage(name, str(package["version"]), strip_credentials(url), sha256))
+    return packages
+
+
+def _resolution_failure(stderr: str, conda: Mapping[str, str]) -> str:
+    message = mask_credentials(stderr.strip()) or "uv gave no explanation"
+    message = message.removeprefix("error: ").strip()
+    involved = sorted(
+        name for name in conda if re.search(rf"(?<![\w.-]){re.escape(name)}(?![\w-])", message, re.I)
+    )
+    reason = f"The pip requirements cannot be installed: {message}"
+    if involved:
+        installed = ", ".join(f"{name} {conda[name]}" for name in involved)
+        reason += (
+            f"\nconda installed {installed}; pip packages must work with the versions conda "
+            "installed, so change the pip requirements or the conda packages"
+        )
+    return reason
+
+
+def _chosen_file(package: Mapping[str, Any], tags: tuple[str, ...]) -> tuple[str, str]:
+    """(URL, sha256) of the file pip would pick: the wheel of the most preferred tag, else the
+    direct archive or the source distribution."""
+    name = package["name"]
+    if package.get("wheels"):
+        rank = {tag: position for position, tag in enumerate(tags)}
+
+        def preference(wheel: Mapping[str, Any]) -> int:
+            filename = wheel.get("name") or wheel["url"].rsplit("/", 1)[-1].split("#", 1)[0]
+            wheel_tags = parse_wheel_filename(filename)[3]
+            return min((rank.get(str(tag), len(rank)) for tag in wheel_tags), default=len(rank))
+
+        best = min(package["wheels"], key=preference)
+        if preference(best) == len(rank):
+            raise BuildFailure(f"No wheel of the pip package {name} fits the environment's python")
+        chosen = best
+    else:
+        chosen = package.get("archive") or package.get("sdist")
+    sha256 = (chosen or {}).get("hashes", {}).get("sha256")
+    if not chosen or "url" not in chosen or not sha256:
+        raise BuildFailure(
+            f"The pip package {name} does not come from a file with a sha256 hash (a VCS "
+            "checkout or a local directory); give a wheel or source archive URL instead, so "
+            "the build can be locked and repeated"
+        )
+    return chosen["url"], sha256
+
+
+def install(
+    interpreter: Interpreter,
+    packages: list[PipPackage],
+    options: PipOptions,
+    cache_dir: str,
+    scratch: str,
+    log: BuildLog,
+) -> None:
+    """Install exactly these files, hashes checked, no dependency resolution.
+
+    The index URLs in `options` are passed too: uv sends their credentials to files on the
+    same hosts.
+    """
+    if not packages:
+        return
+    lines = "".join(f"{p.name} @ {p.url} --hash=sha256:{p.sha256}\n" for p in packages)
+    Path(scratch, "install.txt").write_text(lines)
+    arguments = ["pip", "install", "-r", "install.txt", "--no-deps", "--require-hashes"]
+    arguments += ["--link-mode", "hardlink", *_uv_arguments(interpreter, cache_dir)]
+    result = _run_uv(arguments, options, scratch, None, log)
+    output = mask_credentials(f"{result.stdout}\n{result.stderr}".strip())
+    if result.returncode != 0:
+        message = output.removeprefix("error: ").strip() or "uv gave no explanation"
+        raise BuildFailure(f"Installing the pip packages failed: {message}")
+    log.write(output)
+
+
+def _installed(interpreter: Interpreter, names: Iterable[str]) -> dict[str, importlib.metadata.Distribution]:
+    wanted = set(names)
+    found = {}
+    for distribution in importlib.metadata.distributions(path=list(interpreter.site_packages)):
+        name = canonicalize_name(distribution.metadata["Name"] or "")
+        if name in wanted:
+            found.setdefault(name, distribution)
+    return found
+
+
+def with_dependencies(
+    interpreter: Interpreter, packages: list[PipPackage], requirements: Iterable[str]
+) -> list[PipPackage]:
+    """The packages with their dependencies (name -> constraint) as the lockfile records them.
+
+    Read from the installed metadata: a requirement counts if its marker holds for the
+    environment, for the extras the specification or another package asked of it.
+    """
+    installed = _installed(interpreter, [package.name for package in packages])
+    requires = {name: _requirements(distribution.requires or []) for name, distribution in installed.items()}
+    extras: dict[str, set[str]] = {}
+    for requirement in [*_requirements(requirements), *(r for rs in requires.values() for r in rs)]:
+        extras.setdefault(canonicalize_name(requirement.name), set()).update(requirement.extras)
+    result = []
+    for package in packages:
+        dependencies: dict[str, list[str]] = {}
+        for requirement in requires.get(package.name, []):
+            if requirement.marker is not None and not any(
+                requirement.marker.evaluate({**interpreter.markers, "extra": extra})
+                for extra in ["", *sorted(extras.get(package.name, ()))]
+            ):
+                continue
+            constraints = dependencies.setdefault(canonicalize_name(requirement.name), [])
+            if requirement.specifier:
+                constraints.append(str(requirement.specifier))
+        flat = {name: ",".join(parts) or "*" for name, parts in sorted(dependencies.items())}
+        result.append(dataclasses.replace(package, dependencies=flat))
+    return result
+
+
+def _requirements(lines: Iterable[str]) -> list[Requirement]:
+    parsed = []
+    for line in lines:
+        try:
+            parsed.append(Requirement(line))
+        except InvalidRequirement:
+            continue  # metadata a resolver accepted but packaging does not: no lockfile edge
+    return parsed
+
+
+def installed_size(prefix: str, interpreter: Interpreter, packages: list[PipPackage]) -> int:
+    """Bytes the pip packages installed; every file they record must lie inside the prefix."""
+    root = os.path.realpath(prefix)
+    total = 0
+    for name, distribution in _installed(interpreter, [p.name for p in packages]).items():
+        for file in distribution.files or []:
+            path = os.path.realpath(str(file.locate()))
+            if path != root and not path.startswith(root + os.sep):
+                raise BuildFailure(
+                    f"The pip package {name} installed {str(file)!r} outside the environment prefix; "
+                    "the build was stopped and the package must be fixed"
+                )
+            if os.path.isfile(path):
+                total += os.path.getsize(path)
+    return total

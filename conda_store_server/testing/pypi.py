@@ -1,0 +1,312 @@
+"""A local PyPI for tests: pure-Python wheels written by hand and a PEP 503 index serving them.
+
+Builds with `pip:` dependencies need an index to resolve against, and the machines that run the
+tests reach no PyPI that tests may depend on. ``build_wheel`` writes a wheel following the
+binary distribution format (``METADATA`` with ``Requires-Dist``, extras and markers, ``WHEEL``,
+``RECORD`` with hashes) without any build backend, and ``serve_index`` serves a directory of
+wheels as a simple repository on loopback, optionally behind HTTP basic auth, counting the
+files it hands out so tests can tell a cached build from one that downloaded.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import http.server
+import re
+import threading
+import time
+import zipfile
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["PyPIIndex", "WheelSpec", "build_wheel", "build_wheels", "demo_wheels", "normalize", "serve_index"]
+
+#: A fixed timestamp for every zip entry, so the same spec always gives the same bytes (and hash).
+_ZIP_TIME = (2024, 1, 1, 0, 0, 0)
+
+
+def normalize(name: str) -> str:
+    """PEP 503's normalized project name: what index URLs and comparisons use."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@dataclass(frozen=True)
+class WheelSpec:
+    """One pure-Python wheel: ``modules`` maps paths inside site-packages to their source.
+
+    ``requires`` are PEP 508 ``Requires-Dist`` lines (markers allowed); ``extras`` maps an extra
+    to the requirements it adds.
+    """
+
+    name: str
+    version: str
+    modules: Mapping[str, str] = field(default_factory=dict)
+    requires: tuple[str, ...] = ()
+    extras: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    summary: str = ""
+
+    @property
+    def distribution(self) -> str:
+        """The name as it appears in file names (the wheel spec's escaped form)."""
+        return re.sub(r"[-_.]+", "_", self.name).lower()
+
+    @property
+    def filename(self) -> str:
+        return f"{self.distribution}-{self.version}-py3-none-any.whl"
+
+
+def _metadata(spec: WheelSpec) -> str:
+    lines = ["Metadata-Version: 2.1", f"Name: {spec.name}", f"Version: {spec.version}"]
+    if spec.summary:
+        lines.append(f"Summary: {spec.summary}")
+    lines += [f"Requires-Dist: {requirement}" for requirement in spec.requires]
+    for extra, requirements in spec.extras.items():
+        lines.append(f"Provides-Extra: {extra}")
+        lines += [f"Requires-Dist: {_with_extra(requirement, extra)}" for requirement in requirements]
+    return "\n".join(lines) + "\n"
+
+
+def _with_extra(requirement: str, extra: str) -> str:
+    """The requirement made conditional on ``extra`` (keeping a marker it already has)."""
+    base, _, marker = requirement.partition(";")
+    condition = f'extra == "{extra}"'
+    if marker.strip():
+        condition = f"({marker.strip()}) and {condition}"
+    return f"{base.strip()} ; {condition}"
+
+
+def _record_hash(content: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(content).digest()).rstrip(b"=").decode()
+    return f"sha256={digest}"
+
+
+def build_wheel(spec: WheelSpec, out_dir: Path) -> Path:
+    """Write ``<out_dir>/<spec.filename>`` and return its path."""
+    dist_info = f"{spec.distribution}-{spec.version}.dist-info"
+    files: dict[str, bytes] = {path: source.encode() for path, source in spec.modules.items()}
+    files[f"{dist_info}/METADATA"] = _metadata(spec).encode()
+    files[f"{dist_info}/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: conda_store_server.testing.pypi\n"
+        b"Root-Is-Purelib: true\nTag: py3-none-any\n"
+    )
+    record = "".join(f"{path},{_record_hash(content)},{len(content)}\n" for path, content in files.items())
+    files[f"{dist_info}/RECORD"] = (record + f"{dist_info}/RECORD,,\n").encode()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / spec.filename
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, content in files.items():
+            info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, content)
+    return path
+
+
+def build_wheels(out_dir: Path, specs: Iterable[WheelSpec]) -> Path:
+    """Build every spec into ``out_dir`` (the directory an index serves); returns ``out_dir``."""
+    for spec in specs:
+        build_wheel(spec, out_dir)
+    return out_dir
+
+
+def _module(name: str, version: str, body: str = "") -> dict[str, str]:
+    return {f"{name}/__init__.py": f'__version__ = "{version}"\n{body}'}
+
+
+def demo_wheels() -> list[WheelSpec]:
+    """Projects whose relations exercise what a pip build must get right.
+
+    - ``pipgreet`` 1.0.0 / 2.0.0: ``greet()`` uses ``pipcolor`` and the conda package
+      ``tinylib`` (``Requires-Dist: tinylib>=1.0``, met by the demo channel's tinylib 1.0.0);
+      extra ``fancy`` adds ``pipfancy``; ``pipwin`` only on Windows (a marker).
+    - ``pipcolor`` 1.0.0 / 1.1.0 (1.1.0 is a dependency resolution must pick).
+    - ``pipfancy`` 0.1.0 and the pre-release 0.2.0b1 (chosen only with ``--pre``); ``pipwin``
+      1.0.0.
+    - ``tinylib`` 2.0.0: newer than the conda package, so a resolution that ignored what conda
+      installed would shadow it.
+    - ``pipconflict`` 1.0.0: needs ``tinylib>=2``, which conflicts with conda's tinylib 1.0.0.
+    """
+    greet = (
+        "import pipcolor\nimport tinylib\n\n\n"
+        "def greet(name):\n"
+        "    return pipcolor.paint(tinylib.greeting(name, __version__))\n"
+    )
+    return [
+        *(
+            WheelSpec(
+                name="pipgreet",
+                version=version,
+                modules=_module("pipgreet", version, greet),
+                requires=("pipcolor>=1.0", "tinylib>=1.0", 'pipwin ; sys_platform == "win32"'),
+                extras={"fancy": ("pipfancy>=0.1",)},
+                summary="Greets through two dependencies, one of them a conda package",
+            )
+            for version in ("1.0.0", "2.0.0")
+        ),
+        *(
+            WheelSpec(
+                name="pipcolor",
+                version=version,
+                modules=_module("pipcolor", version, "\n\ndef paint(text):\n    return f'*{text}*'\n"),
+            )
+            for version in ("1.0.0", "1.1.0")
+        ),
+        *(
+            WheelSpec(name="pipfancy", version=version, modules=_module("pipfancy", version))
+            for version in ("0.1.0", "0.2.0b1")
+        ),
+        WheelSpec(name="pipwin", version="1.0.0", modules=_module("pipwin", "1.0.0")),
+        WheelSpec(name="tinylib", version="2.0.0", modules=_module("tinylib", "2.0.0")),
+        WheelSpec(
+            name="pipconflict",
+            version="1.0.0",
+            modules=_module("pipconflict", "1.0.0"),
+            requires=("tinylib>=2",),
+        ),
+    ]
+
+
+class PyPIIndex:
+    """A running simple index (see ``serve_index``): its URL and what it served."""
+
+    def __init__(self, wheel_dir: Path, credentials: tuple[str, str] | None, delay: float) -> None:
+        self.wheel_dir = wheel_dir
+        self.credentials = credentials
+        self.delay = delay
+        self.downloads: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self.url = ""  # set once the server listens
+
+    @property
+    def index_url(self) -> str:
+        """The simple index URL, without credentials."""
+        return f"{self.url}/simple"
+
+    @property
+    def authenticated_index_url(self) -> str:
+        """The index URL with the credentials in it, as an administrator configures it."""
+        if self.credentials is None:
+            return self.index_url
+        user, password = self.credentials
+        return self.index_url.replace("://", f"://{user}:{password}@", 1)
+
+    def projects(self) -> dict[str, list[Path]]:
+        """Normalized project name -> its wheel files, read from the directory on each request."""
+        result: dict[str, list[Path]] = {}
+        for path in sorted(self.wheel_dir.glob("*.whl")):
+            result.setdefault(normalize(path.name.split("-", 1)[0]), []).append(path)
+        return result
+
+    def count_download(self, filename: str) -> None:
+        with self._lock:
+            self.downloads[filename] += 1
+
+    def authorized(self, header: str | None) -> bool:
+        if self.credentials is None:
+            return True
+        expected = base64.b64encode(":".join(self.credentials).encode()).decode()
+        return header == f"Basic {expected}"
+
+
+#: As PyPI's file host: files never change, so a client may cache them for good.
+_IMMUTABLE = {"Cache-Control": "max-age=365000000, immutable, public"}
+
+
+def _wheel_metadata(wheel: Path) -> bytes:
+    """The wheel's ``METADATA``, served beside it (PEP 658) as PyPI does."""
+    with zipfile.ZipFile(wheel) as archive:
+        name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        return archive.read(name)
+
+
+def _link(wheel: Path) -> str:
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    metadata = hashlib.sha256(_wheel_metadata(wheel)).hexdigest()
+    name = html.escape(wheel.name)
+    return (
+        f'<a href="../../files/{name}#sha256={digest}" data-core-metadata="sha256={metadata}" '
+        f'data-dist-info-metadata="sha256={metadata}">{name}</a>\n'
+    )
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    index: PyPIIndex  # set on the per-server subclass
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        """Quiet: tests read counters, not access logs."""
+
+    def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+        """uv asks before it downloads (whether it may read a wheel's metadata by ranges)."""
+        self.do_GET()
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if not self.index.authorized(self.headers.get("Authorization")):
+            challenge = {"WWW-Authenticate": 'Basic realm="test"'}
+            self._send(401, b"authentication required\n", "text/plain", challenge)
+            return
+        path = self.path.split("?", 1)[0]
+        if path.startswith("/simple"):
+            time.sleep(self.index.delay)
+        projects = self.index.projects()
+        project = re.fullmatch(r"/simple/([^/]+)/?", path)
+        file = re.fullmatch(r"/files/([^/]+\.whl)(\.metadata)?", path)
+        if path in ("/simple", "/simple/"):
+            self._page("".join(f'<a href="{name}/">{name}</a>\n' for name in projects))
+        elif project and normalize(project[1]) in projects:
+            self._page("".join(_link(wheel) for wheel in projects[normalize(project[1])]))
+        elif file and (self.index.wheel_dir / file[1]).is_file():
+            wheel = self.index.wheel_dir / file[1]
+            if file[2]:
+                self._send(200, _wheel_metadata(wheel), "text/plain", _IMMUTABLE)
+                return
+            if self.command == "GET":
+                self.index.count_download(wheel.name)
+            self._send(200, wheel.read_bytes(), "application/octet-stream", _IMMUTABLE)
+        else:
+            self._send(404, b"not found\n", "text/plain")
+
+    def _page(self, links: str) -> None:
+        body = f"<!DOCTYPE html>\n<html><body>\n{links}</body></html>\n".encode()
+        self._send(200, body, "text/html")
+
+    def _send(
+        self, status: int, body: bytes, content_type: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+
+@contextmanager
+def serve_index(
+    wheel_dir: Path, credentials: tuple[str, str] | None = None, delay: float = 0.0
+) -> Iterator[PyPIIndex]:
+    """Serve ``wheel_dir`` as ``http://127.0.0.1:<port>/simple/<project>/`` in a thread.
+
+    With ``credentials`` (user, password) every request needs them by HTTP basic auth. With
+    ``delay``, index pages are answered that many seconds late (a slow or hanging index). The
+    server stops when the context exits.
+    """
+    index = PyPIIndex(wheel_dir, credentials, delay)
+    handler = type("IndexHandler", (_Handler,), {"index": index})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    index.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, name="pypi-index", daemon=True)
+    thread.start()
+    try:
+        yield index
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

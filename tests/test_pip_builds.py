@@ -1,0 +1,479 @@
+"""Builds with `pip:` dependencies: resolved and installed by uv from a local index, for real.
+
+The index (`conda_store_server.testing.pypi`) serves hand-made wheels on loopback; it is
+configured as an administrator would (`CondaStore.pypi_index_url`). Its projects depend on each
+other, on an extra and a marker, and on `tinylib`, which the demo conda channel provides (1.0.0)
+and the index offers in a newer version (2.0.0) that must never shadow conda's.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from conftest import WorkerProcess, login, submit, wait_for_build
+from live import free_port
+
+from conda_store_server.redact import mask_credentials, strip_credentials
+from conda_store_server.testing.channel import host_subdir
+from conda_store_server.testing.pypi import PyPIIndex, build_wheels, demo_wheels, serve_index
+
+PIP_SPEC = """
+name: {name}
+dependencies:
+  - python
+  - tinylib
+  - pip:
+    - pipgreet[fancy]
+"""
+GREETING = "import pipgreet; print(pipgreet.greet('alice'))"
+SECRET = "s3cret-pw"
+CONDA = ("python", "tinylib")
+
+
+def spec(
+    name: str = "pipenv", pip: list[str] | None = None, conda: tuple[str, ...] = ("python", "tinylib")
+) -> str:
+    if pip is None:
+        return PIP_SPEC.format(name=name)
+    return yaml.safe_dump({"name": name, "dependencies": [*conda, {"pip": pip}]})
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """SQLite only: pip adds no database code, and each build here is a real uv run."""
+    return f"sqlite:///{tmp_path / 'conda-store.sqlite'}"
+
+
+@pytest.fixture(scope="session")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_wheels(tmp_path_factory.mktemp("wheels"), demo_wheels())
+
+
+@pytest.fixture
+def index_options() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+def index(wheels: Path, index_options: dict[str, Any]) -> Iterator[PyPIIndex]:
+    with serve_index(wheels, **index_options) as index:
+        yield index
+
+
+@pytest.fixture
+def dead_index_url() -> str:
+    """An index with credentials in its URL at a port where nothing listens."""
+    return f"http://ci-bot:{SECRET}@127.0.0.1:{free_port()}/simple"
+
+
+@pytest.fixture
+def extra_settings() -> dict[str, Any]:
+    """CondaStore traits of one test; "{index}" and "{dead}" stand for the URLs of this run."""
+    return {}
+
+
+@pytest.fixture
+def store_settings(store_settings, index, dead_index_url, extra_settings):
+    def fill(value: Any) -> Any:
+        if isinstance(value, list):
+            return [fill(item) for item in value]
+        if isinstance(value, str):
+            return value.format(index=index.url, dead=dead_index_url)
+        return value
+
+    traits = store_settings["CondaStore"]
+    traits["pypi_index_url"] = index.authenticated_index_url
+    traits.update({key: fill(value) for key, value in extra_settings.items()})
+    return store_settings
+
+
+def prefix_of(build: dict[str, Any]) -> str:
+    return next(a["key"] for a in build["build_artifacts"] if a["artifact_type"] == "DIRECTORY")
+
+
+def logs_of(client: Any, build_id: int) -> str:
+    return client.get(f"/api/v1/build/{build_id}/logs/").text
+
+
+def completed(client: Any, build_id: int) -> dict[str, Any]:
+    build = wait_for_build(client, build_id)
+    assert build["status"] == "COMPLETED", f"{build['status_info']}\n{logs_of(client, build_id)}"
+    return build
+
+
+def failed(client: Any, build_id: int) -> dict[str, Any]:
+    build = wait_for_build(client, build_id)
+    assert build["status"] == "FAILED", logs_of(client, build_id)
+    return build
+
+
+def has_artifact(kind: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda build: any(a["artifact_type"] == kind for a in build["build_artifacts"])
+
+
+def run_python(prefix: str | Path, code: str) -> str:
+    result = subprocess.run([f"{prefix}/bin/python", "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def distributions(prefix: str | Path) -> dict[str, tuple[str, str]]:
+    """name -> (version, INSTALLER) of every distribution the environment's python sees."""
+    code = (
+        "import importlib.metadata as m, json\n"
+        "print(json.dumps({d.metadata['Name']: [d.version, (d.read_text('INSTALLER') or '').strip()]"
+        " for d in m.distributions()}))"
+    )
+    return {name: tuple(value) for name, value in json.loads(run_python(prefix, code)).items()}
+
+
+def lockfile_of(client: Any, build_id: int) -> dict[str, Any]:
+    return json.loads(client.get(f"/api/v1/build/{build_id}/lockfile/").content)
+
+
+def pip_entries(lock: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {p["name"]: p for p in lock["package"] if p["manager"] == "pip"}
+
+
+def uv_processes(cache_dir: str) -> list[int]:
+    """Running uv processes that use `cache_dir` (this test's store)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if arguments and arguments[0].endswith(b"uv") and cache_dir.encode() in arguments:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_conda_and_pip_build_runs_the_pip_packages_code(client, worker, index, wheels):
+    login(client)
+    build = completed(client, submit(client, spec()))
+    prefix = prefix_of(build)
+    assert run_python(prefix, GREETING) == "*hello from alice 2.0.0*"  # pipgreet -> pipcolor, tinylib
+
+    installed = distributions(prefix)
+    assert installed["pipgreet"] == ("2.0.0", "uv")
+    assert installed["pipcolor"] == ("1.1.0", "uv")
+    assert installed["pipfancy"] == ("0.1.0", "uv")  # the extra, and no pre-release without --pre
+    assert "pipwin" not in installed  # its marker is for Windows
+    # tinylib>=1.0 is met by conda's tinylib 1.0.0: not replaced by the index's 2.0.0
+    assert installed["tinylib"] == ("1.0.0", "conda")
+    (record,) = Path(prefix, "conda-meta").glob("tinylib-1.0.0-*.json")
+    assert any(
+        f.endswith("tinylib-1.0.0.dist-info/METADATA") for f in json.loads(record.read_text())["files"]
+    )
+    assert not list(Path(prefix).glob("lib/python*/site-packages/tinylib-2.0.0.dist-info"))
+
+    lock = lockfile_of(client, build["id"])
+    entries = pip_entries(lock)
+    assert set(entries) == {"pipgreet", "pipcolor", "pipfancy"}
+    greet = entries["pipgreet"]
+    filename = "pipgreet-2.0.0-py3-none-any.whl"
+    assert greet == {
+        "name": "pipgreet",
+        "version": "2.0.0",
+        "manager": "pip",
+        "platform": host_subdir(),
+        "dependencies": {"pipcolor": ">=1.0", "pipfancy": ">=0.1", "tinylib": ">=1.0"},
+        "url": f"{index.url}/files/{filename}",
+        "hash": {"sha256": hashlib.sha256((wheels / filename).read_bytes()).hexdigest()},
+        "category": "main",
+        "optional": False,
+    }
+    assert entries["pipcolor"]["dependencies"] == {}
+    assert [p["manager"] for p in lock["package"] if p["name"] == "tinylib"] == ["conda"]
+
+    rows = client.get(f"/api/v1/build/{build['id']}/packages/", params={"size": 100}).json()["data"]
+    names = {row["name"] for row in rows}
+    assert "tinylib" in names and not names & set(entries)  # pip packages are no conda packages
+
+    build = wait_for_build(client, build["id"], has_artifact("YAML"))
+    exported = yaml.safe_load(client.get(f"/api/v1/build/{build['id']}/yaml/").text)
+    assert exported["dependencies"][-1] == {"pip": ["pipcolor==1.1.0", "pipfancy==0.1.0", "pipgreet==2.0.0"]}
+    assert any(str(d).startswith("tinylib=1.0.0=") for d in exported["dependencies"])
+    assert "tinylib 1.0.0: installed by conda, not by pip" in logs_of(client, build["id"])
+
+
+def test_the_conda_pack_archive_holds_the_pip_packages(client, worker, tmp_path):
+    login(client)
+    build = completed(client, submit(client, spec("packed")))
+    build = wait_for_build(client, build["id"], has_artifact("CONDA_PACK"), timeout=60)
+    archive = client.get(f"/api/v1/build/{build['id']}/archive/")
+    assert archive.status_code == 200
+    target = tmp_path / "elsewhere" / "unpacked"
+    target.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
+        tar.extractall(target, filter="tar")
+    subprocess.run([str(target / "bin" / "conda-unpack")], check=True, capture_output=True)
+    assert run_python(target, GREETING) == "*hello from alice 2.0.0*"
+    where = run_python(target, "import pipgreet, sys; print(pipgreet.__file__); print(sys.prefix)")
+    assert all(line.startswith(str(target)) for line in where.splitlines())
+
+
+@pytest.mark.parametrize(
+    "pip",
+    [["pipconflict"], ["tinylib>=2"]],
+    ids=["a dependency needs a newer conda package", "a requirement names a conda package"],
+)
+def test_a_conflict_between_conda_and_pip_fails_naming_both(client, worker, pip):
+    login(client)
+    build = failed(client, submit(client, spec(pip=pip)))
+    reason = build["status_info"]
+    assert "tinylib>=2" in reason and "tinylib==1.0.0" in reason, reason
+    assert "conda installed tinylib 1.0.0" in reason, reason
+    assert pip[0].split(">")[0] in reason
+
+
+@pytest.mark.parametrize(
+    ("requirement", "explanation"),
+    [
+        ("no-such-project", "no-such-project was not found in the package registry"),
+        ("pipcolor>=5", "only pipcolor<=1.1.0 is available and you require pipcolor>=5"),
+    ],
+    ids=["unknown", "unsatisfiable"],
+)
+def test_a_requirement_uv_cannot_meet_fails_with_its_explanation(client, worker, requirement, explanation):
+    login(client)
+    build = failed(client, submit(client, spec(pip=[requirement])))
+    assert build["status_info"].startswith("The pip requirements cannot be installed: ")
+    assert explanation in build["status_info"], build["status_info"]
+    assert explanation in logs_of(client, build["id"])
+    assert not has_artifact("LOCKFILE")(build)  # no lockfile without its pip part
+
+
+def test_pip_dependencies_without_python_fail_saying_to_add_it(client, worker):
+    login(client)
+    build = failed(client, submit(client, spec(pip=["pipcolor"], conda=("hello-config",))))
+    assert "environment has no python; add `python` to the conda dependencies" in build["status_info"]
+
+
+@pytest.mark.parametrize("extra_settings", [{"pypi_index_url": "{dead}"}])
+def test_an_index_that_does_not_answer_fails_naming_it_without_its_credentials(
+    client, worker, dead_index_url
+):
+    login(client)
+    build = failed(client, submit(client, spec()))
+    logs = logs_of(client, build["id"])
+    address = dead_index_url.rpartition("@")[2]
+    assert f"Failed to fetch: http://{address}/pipgreet/" in build["status_info"], build["status_info"]
+    assert "Connection refused" in build["status_info"]
+    assert f"http://****@{address}" in logs  # named where the log says where pip packages come from
+    assert SECRET not in build["status_info"] and SECRET not in logs
+
+
+@pytest.mark.parametrize("index_options", [{"credentials": ("ci-bot", SECRET)}])
+def test_a_private_index_never_shows_its_credentials(client, worker, index):
+    login(client)
+    build = completed(client, submit(client, spec("private")))
+    assert run_python(prefix_of(build), GREETING) == "*hello from alice 2.0.0*"
+    assert sum(index.downloads.values()) > 0  # the files came through the authenticated index
+    assert httpx.get(f"{index.index_url}/pipgreet/").status_code == 401  # which needs them
+    build = wait_for_build(client, build["id"], has_artifact("CONDA_PACK"), timeout=60)
+    refused = failed(client, submit(client, spec("private-fails", pip=["no-such-project"])))
+    lock = lockfile_of(client, build["id"])
+    assert all("@" not in entry["url"] for entry in pip_entries(lock).values())
+    shown = [
+        logs_of(client, build["id"]),
+        json.dumps(lock),
+        client.get(f"/api/v1/build/{build['id']}/yaml/").text,
+        client.get(f"/api/v1/build/{build['id']}/").text,
+        client.get("/api/v1/environment/alice/private/").text,
+        client.get("/api/v1/setting/").text,
+        client.get("/api/v1/setting/alice/private/").text,
+        refused["status_info"],
+        logs_of(client, refused["id"]),
+    ]
+    assert "http://****@127.0.0.1" in shown[0]
+    for text in shown:
+        assert SECRET not in text
+    archive = client.get(f"/api/v1/build/{build['id']}/archive/").content
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        members = [tar.extractfile(m) for m in tar.getmembers() if m.isfile()]
+        assert len(members) > 10 and not [m for m in members if m and SECRET.encode() in m.read()]
+    assert not [
+        p for p in Path(prefix_of(build)).rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()
+    ]
+
+
+def upload_lockfile(client: Any, lock: dict[str, Any], name: str) -> int:
+    body = {"specification": json.dumps(lock), "is_lockfile": True, "environment_name": name}
+    response = client.post("/api/v1/specification/", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()["data"]["build_id"]
+
+
+@pytest.mark.parametrize("extra_settings", [{"pypi_allowed_indexes": ["{index}"]}])
+def test_a_lockfile_round_trip_installs_the_same_conda_and_pip_packages(client, worker, index, wheels):
+    login(client)
+    first = completed(client, submit(client, spec("original")))
+    lock = lockfile_of(client, first["id"])
+    second = completed(client, upload_lockfile(client, lock, "from-lock"))
+    assert "pip compile" not in logs_of(client, second["id"])  # installed as locked, not resolved
+
+    def pins(document: dict[str, Any]) -> list[tuple[str, ...]]:
+        return sorted((p["manager"], p["name"], p["version"], p["url"]) for p in document["package"])
+
+    assert pins(lockfile_of(client, second["id"])) == pins(lock)
+    assert distributions(prefix_of(second)) == distributions(prefix_of(first))
+    conda = [sorted(p.name for p in Path(prefix_of(b), "conda-meta").glob("*.json")) for b in (first, second)]
+    assert conda[0] == conda[1]
+    assert run_python(prefix_of(second), GREETING) == "*hello from alice 2.0.0*"
+
+
+@pytest.mark.parametrize("extra_settings", [{"pypi_allowed_indexes": ["{index}"]}])
+def test_a_lockfile_is_installed_exactly_or_fails(client, worker, index, wheels):
+    login(client)
+    lock = lockfile_of(client, completed(client, submit(client, spec("original")))["id"])
+
+    tampered = json.loads(json.dumps(lock))
+    next(p for p in tampered["package"] if p["name"] == "pipcolor")["hash"]["sha256"] = "0" * 64
+    build = failed(client, upload_lockfile(client, tampered, "tampered"))
+    assert "Installing the pip packages failed" in build["status_info"]
+    assert "Hash mismatch" in build["status_info"] and "pipcolor" in build["status_info"]
+
+    shadowing = json.loads(json.dumps(lock))
+    wheel = wheels / "tinylib-2.0.0-py3-none-any.whl"
+    entry = {**pip_entries(lock)["pipcolor"], "name": "tinylib", "version": "2.0.0"}
+    entry |= {
+        "url": f"{index.url}/files/{wheel.name}",
+        "hash": {"sha256": hashlib.sha256(wheel.read_bytes()).hexdigest()},
+    }
+    shadowing["package"].append(entry)
+    build = failed(client, upload_lockfile(client, shadowing, "shadowing"))
+    assert "installs tinylib 2.0.0 (conda: 1.0.0) with pip over the conda package" in build["status_info"]
+
+
+@pytest.mark.parametrize("index_options", [{"delay": 1}])  # so that both builds are in uv at once
+def test_concurrent_builds_share_the_uv_cache_and_a_later_build_downloads_nothing(
+    client, conda_store, config_file, tmp_path, index
+):
+    login(client)
+    worker = WorkerProcess(config_file, tmp_path / "worker.log").start("--concurrency=2")
+    try:
+        build_ids = [submit(client, spec(f"shared-{n}")) for n in (1, 2)]
+        first, second = (completed(client, build_id) for build_id in build_ids)
+        (start_1, end_1), (start_2, end_2) = (
+            (datetime.datetime.fromisoformat(b["started_on"]), datetime.datetime.fromisoformat(b["ended_on"]))
+            for b in (first, second)
+        )
+        assert start_1 < end_2 and start_2 < end_1  # they ran at the same time
+        downloaded = sum(index.downloads.values())
+        assert downloaded > 0
+        third = completed(client, submit(client, spec("shared-3")))
+        assert sum(index.downloads.values()) == downloaded, index.downloads
+    finally:
+        worker.stop()
+    cache = os.path.join(conda_store.store_directory, ".uv-cache")
+    assert os.path.isdir(cache)
+    for build in (first, second, third):
+        assert f"--cache-dir {cache}" in logs_of(client, build["id"])
+        assert run_python(prefix_of(build), GREETING) == "*hello from alice 2.0.0*"
+
+
+@pytest.mark.parametrize(
+    "extra_settings", [{"pypi_index_url": "{dead}", "pypi_allowed_indexes": ["{index}"]}]
+)
+def test_a_specifications_index_direct_reference_and_pre_are_used(client, worker, index, wheels):
+    login(client)
+    direct = f"{index.url}/files/pipcolor-1.0.0-py3-none-any.whl"
+    pip = [f"--index-url {index.index_url}", "--pre", f"pipcolor @ {direct}", "pipgreet==1.0.0", "pipfancy"]
+    build = completed(client, submit(client, spec("options", pip=pip)))  # the store's index is dead
+    installed = distributions(prefix_of(build))
+    assert installed["pipcolor"][0] == "1.0.0" and installed["pipgreet"][0] == "1.0.0"
+    assert installed["pipfancy"][0] == "0.2.0b1"
+    entries = pip_entries(lockfile_of(client, build["id"]))
+    assert entries["pipcolor"]["url"] == direct
+    assert (
+        entries["pipcolor"]["hash"]["sha256"]
+        == hashlib.sha256((wheels / direct.rsplit("/")[-1]).read_bytes()).hexdigest()
+    )
+
+
+@pytest.mark.parametrize("extra_settings", [{"pypi_allowed_indexes": ["{index}/simple"]}])
+def test_files_of_a_specifications_index_are_checked_before_they_are_installed(client, worker, index):
+    """The index is allowed, but its files lie elsewhere: on loopback, which nobody configured."""
+    login(client)
+    pip = [f"--extra-index-url {index.index_url}", "pipcolor"]
+    build = failed(client, submit(client, spec("elsewhere", pip=pip)))
+    assert build["status_info"] == (
+        f"Pip package URL '{index.url}/files/pipcolor-1.1.0-py3-none-any.whl' is not allowed: its host "
+        "127.0.0.1 is a loopback address, and such hosts are only allowed when the administrator "
+        "configures them (pypi_allowed_indexes, pypi_index_url, pypi_extra_index_urls)"
+    )
+    assert index.downloads["pipcolor-1.1.0-py3-none-any.whl"] == 0
+
+
+@pytest.mark.parametrize("extra_settings", [{"conda_max_solve_time": 3}])
+@pytest.mark.parametrize("index_options", [{"delay": 60}])
+def test_pip_resolution_counts_against_the_solve_time_limit(client, worker, conda_store):
+    login(client)
+    started = time.monotonic()
+    build = failed(client, submit(client, spec("slow")))
+    assert time.monotonic() - started < 30
+    assert "conda_max_solve_time (3 s, conda solve included)" in build["status_info"], build["status_info"]
+    assert not uv_processes(os.path.join(conda_store.store_directory, ".uv-cache"))
+
+
+@pytest.mark.parametrize("index_options", [{"delay": 60}])
+def test_cancel_stops_uv_with_the_build(client, worker, conda_store):
+    login(client)
+    build_id = submit(client, spec("canceled"))
+    cache = os.path.join(conda_store.store_directory, ".uv-cache")
+    deadline = time.monotonic() + 60
+    while not uv_processes(cache):
+        assert time.monotonic() < deadline, logs_of(client, build_id)
+        time.sleep(0.1)
+    for pid in uv_processes(cache):  # a child of the build process, in the group it leads
+        parent, group, session = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1:4]
+        assert parent == group == session
+    assert client.put(f"/api/v1/build/{build_id}/cancel/").status_code == 200
+    assert wait_for_build(client, build_id, timeout=20)["status"] == "CANCELED"
+    deadline = time.monotonic() + 10
+    while uv_processes(cache):
+        assert time.monotonic() < deadline, "uv outlived its canceled build"
+        time.sleep(0.1)
+
+
+def test_a_build_without_pip_entries_never_runs_uv(client, worker, conda_store):
+    login(client)
+    build = completed(client, submit(client, "name: conda-only\ndependencies: [python, tinylib]\n"))
+    assert not os.path.exists(os.path.join(conda_store.store_directory, ".uv-cache"))
+    assert "uv pip" not in logs_of(client, build["id"])
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("https://user:pass@host/simple", "https://****@host/simple"),
+        ("https://token@host/simple", "https://****@host/simple"),
+        ("https://user:p@ss@host:8080/simple/x/", "https://****@host:8080/simple/x/"),
+        ("fetch (http://a:b@h/x) and `https://c@d/`", "fetch (http://****@h/x) and `https://****@d/`"),
+        ("git+https://u:p@github.com/o/r@v1", "git+https://****@github.com/o/r@v1"),
+        ("name @ https://host/x.whl; a@b.org", "name @ https://host/x.whl; a@b.org"),
+    ],
+)
+def test_mask_credentials(text, masked):
+    assert mask_credentials(text) == masked
+
+
+def test_strip_credentials():
+    assert (
+        strip_credentials("https://u:p@host:1/files/x.whl#sha256=1") == "https://host:1/files/x.whl#sha256=1"
+    )
+    assert strip_credentials("https://host/x.whl") == "https://host/x.whl"

@@ -526,6 +526,11 @@ class CondaStore(LoggingConfigurable):
         return os.path.join(self.store_directory, ".pkgs")
 
     @property
+    def uv_cache_directory(self) -> str:
+        """uv's cache, shared by every build of the store (uv locks it for concurrent use)."""
+        return os.path.join(self.store_directory, ".uv-cache")
+
+    @property
     def repodata_cache_directory(self) -> str:
         return os.path.join(self.store_directory, ".repodata")
 

@@ -31,11 +31,11 @@ from conda_store_server.specification import (
     LockfileSpecification,
     SpecificationPolicy,
     _has_userinfo,
-    _is_url,
-    _shown,
-    _split_pip_option,
+    is_url,
     normalize_channel,
     pip_url,
+    shown_value,
+    split_pip_option,
 )
 
 __all__ = [
@@ -149,14 +149,14 @@ def _host_problem(host: str, bracketed: bool, only_configured: str) -> str | Non
                 bare.split("%", 1)[0]
             )
         except ValueError:
-            return f"its host {_shown(host)} is not a valid IPv6 address"
+            return f"its host {shown_value(host)} is not a valid IPv6 address"
     elif _ends_in_number(bare):
         ipv4 = _whatwg_ipv4(bare)
         if ipv4 is None:
-            return f"its host {_shown(host)} is not a valid IPv4 address"
+            return f"its host {shown_value(host)} is not a valid IPv4 address"
         address = ipv4
     elif not all(_HOST_LABEL.fullmatch(label) for label in bare.split(".")):
-        return f"its host {_shown(host)} is not a plain host name (ASCII letters, digits, '.', '-')"
+        return f"its host {shown_value(host)} is not a plain host name (ASCII letters, digits, '.', '-')"
     elif bare == "localhost" or bare.endswith(".localhost"):
         return f"its host {host} is localhost, and such hosts are {only_configured}"
     else:
@@ -241,7 +241,7 @@ def _channel_problem(channel: str, policy: SpecificationPolicy, resolve: Resolve
         return None
     if _trusted_channel(url, policy):
         return None
-    if not _is_url(channel.rstrip("/")):  # a name is under the alias unless it climbs out of it
+    if not is_url(channel.rstrip("/")):  # a name is under the alias unless it climbs out of it
         return "its name contains '.' or '..' path segments"
     return _address_problem(url, CHANNEL_SETTINGS, resolve)
 
@@ -261,7 +261,7 @@ def check_channels(
     for channel in channels:
         problem = _channel_problem(channel, policy, resolve)
         if problem is not None:
-            raise SpecificationError(f"Conda channel {_shown(channel)} is not allowed: {problem}")
+            raise SpecificationError(f"Conda channel {shown_value(channel)} is not allowed: {problem}")
 
 
 def _inside_configured(url: str, policy: SpecificationPolicy) -> bool:
@@ -287,7 +287,7 @@ def check_package_urls(
             None if _inside_configured(url, policy) else _address_problem(url, CHANNEL_SETTINGS, resolve)
         )
         if problem is not None:
-            raise SpecificationError(f"Package URL {_shown(url)} is not allowed: {problem}")
+            raise SpecificationError(f"Package URL {shown_value(url)} is not allowed: {problem}")
 
 
 def _without_vcs(url: str) -> str:
@@ -365,8 +365,8 @@ def check_pip_index_urls(
             continue
         problem = _pip_url_problem(url, policy, resolve)
         if problem is not None:
-            kind = _PIP_URL_KINDS.get(_split_pip_option(entry)[0], "Pip package URL")
-            raise SpecificationError(f"{kind} {_shown(mask_credentials(url))} is not allowed: {problem}")
+            kind = _PIP_URL_KINDS.get(split_pip_option(entry)[0], "Pip package URL")
+            raise SpecificationError(f"{kind} {shown_value(mask_credentials(url))} is not allowed: {problem}")
 
 
 def check_resolved_pip_urls(
@@ -387,7 +387,7 @@ def check_resolved_pip_urls(
         problem = _address_problem(_without_vcs(url), PIP_INDEX_SETTINGS, resolve)
         if problem is not None:
             raise SpecificationError(
-                f"Pip package URL {_shown(mask_credentials(url))} is not allowed: {problem}"
+                f"Pip package URL {shown_value(mask_credentials(url))} is not allowed: {problem}"
             )
 
 
@@ -417,7 +417,8 @@ def check_lockfile_urls(
         elif not _inside_configured(url, policy):
             problem = _address_problem(url, CHANNEL_SETTINGS, resolve)
         if problem is not None:
-            raise SpecificationError(f"Package URL {_shown(mask_credentials(url))} is not allowed: {problem}")
+            shown = shown_value(mask_credentials(url))
+            raise SpecificationError(f"Package URL {shown} is not allowed: {problem}")
 
 
 def check_specification_urls(

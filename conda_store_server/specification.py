@@ -60,12 +60,16 @@ __all__ = [
     "SpecificationPolicy",
     "apply_policy",
     "datastructure_hash",
+    "is_url",
     "normalize_channel",
     "parse_lockfile_specification",
     "parse_specification",
     "pip_url",
+    "shown_value",
     "specification_hash",
+    "split_pip_option",
     "validate_name",
+    "validation_message",
 ]
 
 #: Upstream's pattern for environment names. We additionally reject ".", ".." and anything
@@ -161,7 +165,7 @@ def _has_control(value: str) -> bool:
     return any(unicodedata.category(ch) == "Cc" for ch in value)
 
 
-def _shown(value: str, limit: int = 80) -> str:
+def shown_value(value: str, limit: int = 80) -> str:
     """`repr` of a user value, cut short so an oversized input cannot bloat the message."""
     if len(value) > limit:
         return repr(value[:limit]) + f"... ({len(value)} characters)"
@@ -199,7 +203,7 @@ def _name_problem(value: str) -> str | None:
 
 def _name_message(value: str, field: str) -> str:
     return (
-        f"Invalid {field} {_shown(value)}: {_name_problem(value)}; "
+        f"Invalid {field} {shown_value(value)}: {_name_problem(value)}; "
         f"a name may contain only {_NAME_ALLOWED} (no '/', spaces or control characters), "
         f"must not be '.' or '..' or contain '..', and is at most {MAX_NAME_LENGTH} characters"
     )
@@ -255,7 +259,7 @@ def _check_conda_dependency(value: str) -> str:
     return value
 
 
-def _split_pip_option(value: str) -> tuple[str, str | None]:
+def split_pip_option(value: str) -> tuple[str, str | None]:
     """Split "--opt value", "--opt=value" or "-o value" into (option, value-or-None)."""
     match = _PIP_OPTION.fullmatch(value)
     if match is None:
@@ -273,7 +277,7 @@ def pip_url(entry: str) -> str | None:
     direct reference (`name @ URL`); None for other entries and for entries that do not parse.
     """
     if entry.startswith("-"):
-        option, value = _split_pip_option(entry)
+        option, value = split_pip_option(entry)
         return value if option in PIP_URL_OPTIONS else None
     try:
         return Requirement(entry).url
@@ -311,8 +315,8 @@ def _pip_url_problem(url: str, schemes: tuple[str, ...]) -> str | None:
 def _pip_option_problem(value: str) -> str | None:
     """Why a pip option line is refused, or None: it must be a supported option with one value
     (none for `--pre`), and a URL option's value must be an acceptable URL."""
-    shown = _shown(mask_credentials(value))
-    option, option_value = _split_pip_option(value)
+    shown = shown_value(mask_credentials(value))
+    option, option_value = split_pip_option(value)
     if option not in SUPPORTED_PIP_OPTIONS:
         message = (
             f"Invalid pip option '{_plain(mask_credentials(value))}' "
@@ -377,7 +381,7 @@ def _check_pip_dependency(value: str) -> str:
 def _check_index_setting(value: str) -> str:
     """An index URL of the deployment (pypi_index_url, ...) is a URL of one token with a host
     (file:// URLs aside): a prefix such as "https://" would let specifications name any host."""
-    shown = _shown(mask_credentials(value))
+    shown = shown_value(mask_credentials(value))
     if "://" not in value or _has_control(value) or any(ch.isspace() for ch in value):
         raise ValueError(f"{shown} is not a URL such as https://pypi.example.org/simple")
     try:
@@ -396,7 +400,7 @@ def _check_channel(value: str) -> str:
     """A channel is a name ("conda-forge") or a URL; neither can hold whitespace."""
     if value.strip() == "" or _has_control(value) or any(ch.isspace() for ch in value):
         raise ValueError(
-            f"Invalid conda channel {_shown(value)}: a channel is a name such as 'conda-forge' "
+            f"Invalid conda channel {shown_value(value)}: a channel is a name such as 'conda-forge' "
             "or a URL, without whitespace or control characters"
         )
     return value
@@ -413,7 +417,7 @@ def _check_variables(value: Any) -> Any:
     for key, item in value.items():
         if isinstance(key, str) and (key == "" or "=" in key or _has_control(key)):
             raise ValueError(
-                f"Invalid variable name {_shown(key)}: a variable name must be non-empty "
+                f"Invalid variable name {shown_value(key)}: a variable name must be non-empty "
                 "and contain no '=' or control characters"
             )
         if isinstance(item, bool | float):
@@ -487,7 +491,7 @@ class CondaSpecification(BaseModel):
         index_urls = [
             mask_credentials(entry)
             for entry in self.pip_dependencies()
-            if _split_pip_option(entry)[0] == "--index-url"
+            if split_pip_option(entry)[0] == "--index-url"
         ]
         if len(index_urls) > 1:
             raise ValueError(
@@ -580,6 +584,11 @@ def _join_lines(lines: list[str]) -> str:
     return "\n".join(lines)
 
 
+def validation_message(error: ValidationError) -> str:
+    """A pydantic error as the message a user gets: upstream's lines, capped."""
+    return _join_lines(_error_lines(error))
+
+
 def _load_document(text: str, what: str, limit: int) -> dict[str, Any]:
     """Parse YAML or JSON text into a mapping, or raise SpecificationError saying why not."""
     if not isinstance(text, str):
@@ -638,7 +647,7 @@ def _unknown_key_lines(data: Mapping[Any, Any]) -> list[str]:
     for key in data:
         if key in known:
             continue
-        shown = _shown(key) if isinstance(key, str) else repr(key)
+        shown = shown_value(key) if isinstance(key, str) else repr(key)
         close = difflib.get_close_matches(str(key), known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else "."
         lines.append(f"Unknown key {shown} in the specification{hint} Known keys: {', '.join(known)}")
@@ -741,7 +750,7 @@ def parse_lockfile_specification(text: str, name: str, description: str | None) 
 # --------------------------------------------------------------------------- policy
 
 
-def _is_url(channel: str) -> bool:
+def is_url(channel: str) -> bool:
     return "://" in channel
 
 
@@ -753,7 +762,7 @@ def normalize_channel(channel: str, channel_alias: str) -> str:
     mistaken for a URL. A trailing "/" is dropped so both spellings compare equal.
     """
     channel = channel.rstrip("/")
-    if _is_url(channel):
+    if is_url(channel):
         return channel
     return f"{channel_alias.rstrip('/')}/{channel}"
 
@@ -847,7 +856,7 @@ def _pypi_key(entry: str) -> str:
     included option is not added again in another spelling.
     """
     if entry.startswith("-"):
-        option, value = _split_pip_option(entry)
+        option, value = split_pip_option(entry)
         return option if value is None else f"{option} {value.rstrip('/')}"
     return canonicalize_name(Requirement(entry).name)
 
@@ -885,7 +894,7 @@ def _apply_pypi(spec: dict[str, Any], policy: SpecificationPolicy) -> None:
             present.add(key)
 
     index_urls = sorted(
-        {_pypi_key(item) for item in [*current, *additions] if _split_pip_option(item)[0] == "--index-url"}
+        {_pypi_key(item) for item in [*current, *additions] if split_pip_option(item)[0] == "--index-url"}
     )
     if len(index_urls) > 1:
         raise SpecificationError(

@@ -150,7 +150,8 @@ class WorkerProcess:
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, *arguments: str) -> WorkerProcess:
+    def start(self, *arguments: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        """Start the worker; `env` replaces its environment (by default it inherits this one)."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child process owns it
         self.process = subprocess.Popen(
             [
@@ -162,6 +163,7 @@ class WorkerProcess:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=env,
         )
         log.close()
         return self

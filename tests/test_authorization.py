@@ -164,6 +164,7 @@ for _path in (
     "archive/",
     "installer/",
     "docker/",
+    "pixi.lock",
 ):
     TABLE[("GET", f"/api/v1/build/{{build_id}}/{_path}")] = ("lab/env", {"environment::read"}, {}, {}, None)
 

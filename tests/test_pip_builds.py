@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 import time
@@ -26,9 +27,21 @@ import yaml
 from conftest import WorkerProcess, login, submit, wait_for_build
 from live import free_port
 
+from conda_store_server.build.pip import PipPackage
+from conda_store_server.exception import BuildFailure
 from conda_store_server.redact import mask_credentials, strip_credentials
 from conda_store_server.testing.channel import host_subdir
-from conda_store_server.testing.pypi import PyPIIndex, build_wheels, demo_wheels, serve_index
+from conda_store_server.testing.pypi import (
+    GitRepository,
+    GitServer,
+    PyPIIndex,
+    WheelSpec,
+    build_wheels,
+    demo_wheels,
+    serve_git,
+    serve_index,
+    source_project,
+)
 
 PIP_SPEC = """
 name: {name}
@@ -477,3 +490,156 @@ def test_strip_credentials():
         strip_credentials("https://u:p@host:1/files/x.whl#sha256=1") == "https://host:1/files/x.whl#sha256=1"
     )
     assert strip_credentials("https://host/x.whl") == "https://host/x.whl"
+
+
+@pytest.mark.parametrize("extra_settings", [{"pypi_allowed_indexes": ["{index}"]}])
+def test_a_lockfile_with_pip_dependencies_rattler_cannot_read_still_builds(client, worker):
+    """conda-lock writes "*" for a pip dependency of any version, other tools write markers and
+    extras; py-rattler 0.28 refuses all three, and the build reads pip entries itself."""
+    login(client)
+    lock = lockfile_of(client, completed(client, submit(client, spec("original")))["id"])
+    next(p for p in lock["package"] if p["name"] == "pipgreet")["dependencies"] = {
+        "pipcolor": "*",
+        "pipfancy[extra]": ">=0.1",
+        "tinylib": '>=1.0; python_version >= "3"',
+    }
+    build = completed(client, upload_lockfile(client, lock, "unreadable-to-rattler"))
+    assert run_python(prefix_of(build), GREETING) == "*hello from alice 2.0.0*"
+    assert pip_entries(lockfile_of(client, build["id"]))["pipgreet"]["dependencies"]["pipcolor"] == "*"
+
+
+@pytest.mark.parametrize(
+    "url", ["git+https://example.org/gitgreet.git", "git+https://example.org/gitgreet.git@main"]
+)
+def test_a_lockfiles_git_package_must_name_its_commit(url):
+    entry = {"name": "gitgreet", "version": "0.1.0", "manager": "pip", "url": url, "hash": {}}
+    with pytest.raises(BuildFailure) as raised:
+        PipPackage.from_lock_entry(entry)
+    assert raised.value.reason == (
+        f"The lockfile's pip package 'gitgreet' comes from git without a commit id ({url}); a "
+        "lockfile's git package must name the full commit (git+https://host/repo.git@<commit id>), "
+        "so that exactly that commit is installed"
+    )
+
+
+def gitgreet(greeting: str) -> WheelSpec:
+    """gitgreet 0.1.0, to build from git: `greet` paints `greeting` with pipcolor, a dependency
+    from the index of any version (which the lockfile records as "*")."""
+    code = f"import pipcolor\n\n\ndef greet(name):\n    return pipcolor.paint(f'{greeting} {{name}}')\n"
+    return WheelSpec("gitgreet", "0.1.0", {"gitgreet/__init__.py": code}, requires=("pipcolor",))
+
+
+GIT_GREETING = "import gitgreet; print(gitgreet.greet('alice'))"
+
+
+@pytest.fixture
+def git_server(tmp_path: Path) -> Iterator[GitServer]:
+    with serve_git(tmp_path / "git-server") as server:
+        yield server
+
+
+@pytest.fixture
+def repository(git_server: GitServer) -> GitRepository:
+    return git_server.repository("gitgreet")
+
+
+def path_without_git(directory: Path) -> str:
+    """A PATH of one directory linking every program of this PATH but git's: the worker without
+    git, but with the tools the rest of a build runs (the demo channel's python is a script)."""
+    directory.mkdir()
+    for entry in os.environ["PATH"].split(os.pathsep):
+        for program in sorted(Path(entry).iterdir()) if os.path.isdir(entry) else []:
+            link = directory / program.name
+            if not program.name.startswith("git") and os.access(program, os.X_OK) and not link.exists():
+                link.symlink_to(program)
+    assert shutil.which("git", path=str(directory)) is None and shutil.which("dirname", path=str(directory))
+    return str(directory)
+
+
+def no_git_message(requirement: str) -> str:
+    return (
+        f"pip requirement {requirement!r} needs git on the worker, and git is not installed there; "
+        "install git on the workers or use a released version from an index"
+    )
+
+
+class TestGitReferences:
+    """`name @ git+http://...` served over git's dumb HTTP protocol on loopback."""
+
+    @pytest.fixture
+    def store_settings(self, store_settings, git_server, index):
+        """The git server allowed as an administrator would, with the index's files (which an
+        uploaded lockfile names)."""
+        store_settings["CondaStore"]["pypi_allowed_indexes"] = [git_server.url, index.url]
+        return store_settings
+
+    def test_a_git_reference_builds_from_the_commit_the_lockfile_pins(self, client, worker, repository):
+        first = repository.commit(source_project(gitgreet("hello v1")), "v1")
+        login(client)
+        reference = f"gitgreet @ git+{repository.url}@main"
+        build = completed(client, submit(client, spec("from-git", pip=[reference])))
+        assert run_python(prefix_of(build), GIT_GREETING) == "*hello v1 alice*"
+        assert distributions(prefix_of(build))["gitgreet"] == ("0.1.0", "uv")
+
+        lock = lockfile_of(client, build["id"])
+        entries = pip_entries(lock)
+        pinned = f"git+{repository.url}@{first}"
+        assert entries["gitgreet"] == {
+            "name": "gitgreet",
+            "version": "0.1.0",
+            "manager": "pip",
+            "platform": host_subdir(),
+            "dependencies": {"pipcolor": "*"},
+            "url": pinned,
+            "hash": {},
+            "source": {"type": "url", "url": pinned},
+            "category": "main",
+            "optional": False,
+        }
+        assert len(entries["pipcolor"]["hash"]["sha256"]) == 64  # the index's file stays hashed
+        logs = logs_of(client, build["id"])
+        assert "--no-deps --require-hashes" in logs  # pipcolor's call; gitgreet's has no hash to require
+
+        second = repository.commit(source_project(gitgreet("hello v2")), "v2")  # main moves on
+        moved = completed(client, submit(client, spec("from-git-again", pip=[reference])))
+        assert run_python(prefix_of(moved), GIT_GREETING) == "*hello v2 alice*"
+        assert pip_entries(lockfile_of(client, moved["id"]))["gitgreet"]["url"].endswith(f"@{second}")
+
+        locked = completed(client, upload_lockfile(client, lock, "from-git-lock"))
+        assert "pip compile" not in logs_of(client, locked["id"])  # installed as locked
+        assert run_python(prefix_of(locked), GIT_GREETING) == "*hello v1 alice*"
+        stored = pip_entries(lockfile_of(client, locked["id"]))  # the upload, as the server keeps it
+        assert {name: entry["url"] for name, entry in stored.items()} == {
+            name: entry["url"] for name, entry in entries.items()
+        }
+
+    def test_without_git_on_the_worker_a_git_reference_fails_saying_so(
+        self, client, config_file, tmp_path, repository
+    ):
+        commit = repository.commit(source_project(gitgreet("hello")))
+        path = path_without_git(tmp_path / "bin-without-git")
+        worker = WorkerProcess(config_file, tmp_path / "worker.log").start(env={**os.environ, "PATH": path})
+        try:
+            login(client)
+            reference = f"gitgreet @ git+{repository.url}@main"
+            build = failed(client, submit(client, spec("no-git", pip=[reference])))
+            assert build["status_info"] == no_git_message(reference)
+            assert no_git_message(reference) in logs_of(client, build["id"])
+
+            plain = completed(client, submit(client, spec("no-git-needed", pip=["pipcolor"])))
+            lock = lockfile_of(client, plain["id"])
+            pinned = f"git+{repository.url}@{commit}"
+            lock["package"].append(  # as conda-lock writes a git package: its commit as "sha256"
+                {
+                    **pip_entries(lock)["pipcolor"],
+                    "name": "gitgreet",
+                    "version": "0.1.0",
+                    "url": pinned,
+                    "hash": {"sha256": commit},
+                    "source": {"type": "url", "url": pinned},
+                }
+            )
+            build = failed(client, upload_lockfile(client, lock, "no-git-lock"))
+            assert build["status_info"] == no_git_message(f"gitgreet @ {pinned}")
+        finally:
+            worker.stop()

@@ -73,10 +73,20 @@ def from_conda_lock(lock: dict[str, Any]) -> dict[str, list[rattler.RepoDataReco
     Every platform of `metadata.platforms` is present, with no records when the lockfile lists
     no package for it: rattler only knows platforms that have packages, and an environment
     with no dependencies is a valid, empty one, not a missing platform.
+
+    rattler reads only the conda entries. The pip entries are installed by
+    `conda_store_server.build.pip`, and py-rattler 0.28 refuses pip entries that conda-lock
+    itself writes: a dependency of `"*"` (any version), git packages (no sha256), and others
+    that other tools write (dependencies with markers, names with extras).
     """
+    conda = [
+        package
+        for package in lock.get("package") or []
+        if not (isinstance(package, dict) and package.get("manager") == "pip")
+    ]
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "conda-lock.yml"
-        path.write_text(json.dumps({**lock, "version": 1}))
+        path.write_text(json.dumps({**lock, "version": 1, "package": conda}))
         try:
             lockfile = rattler.LockFile.from_path(path)
         except Exception as error:  # rattler raises its own parse errors; the message is the cause
@@ -106,18 +116,31 @@ def with_pip_packages(lock: dict[str, Any], platform: str, packages: list[PipPac
     URLs carry no credentials: a lockfile is read by everyone who may read the environment,
     and whoever installs it again brings their own login for the index.
     """
-    entries = [
-        LockedDependency(
-            name=package.name,
-            version=package.version,
-            manager="pip",
-            platform=platform,
-            dependencies=dict(package.dependencies),
-            url=strip_credentials(package.url),
-            hash=HashModel(sha256=package.sha256),
-            category="main",
-            optional=False,
-        ).model_dump(by_alias=True, exclude_unset=True, exclude_none=True)
-        for package in sorted(packages, key=lambda p: p.name)
-    ]
+    entries = [_pip_entry(package, platform) for package in sorted(packages, key=lambda p: p.name)]
     return {**lock, "package": [*lock.get("package", []), *entries]}
+
+
+def _pip_entry(package: PipPackage, platform: str) -> dict[str, Any]:
+    """One `manager: pip` entry, validated by conda-lock's model.
+
+    A git package is written as conda-lock writes one: `url` `git+URL@<commit>` and a `source`
+    of the same URL (from which `conda-lock install` installs it, rather than by name from an
+    index). Its hash is empty, not conda-lock's commit id posing as a sha256: no file of it
+    has a hash, and the model requires the field but none of its values.
+    """
+    url = strip_credentials(package.url)
+    entry: dict[str, Any] = {
+        "name": package.name,
+        "version": package.version,
+        "manager": "pip",
+        "platform": platform,
+        "dependencies": dict(package.dependencies),
+        "url": url,
+        "hash": {} if package.is_git else {"sha256": package.sha256},
+        "category": "main",
+        "optional": False,
+    }
+    if package.is_git:
+        entry["source"] = {"type": "url", "url": url}
+    validated = LockedDependency.model_validate(entry)
+    return validated.model_dump(by_alias=True, exclude_unset=True, exclude_none=True)

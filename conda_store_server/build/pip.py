@@ -10,9 +10,12 @@ neither reinstalled nor shadowed, and one that would need another version fails 
 
 The resolution (`uv pip compile --format pylock.toml`) gives each file's URL and sha256; the
 install (`uv pip install --no-deps --require-hashes`) takes exactly those files, which is also
-how a lockfile's pip entries are installed. Index URLs reach uv through its environment
-variables, not its command line, so their credentials never show in a process list; what is
-logged or raised passes through `mask_credentials`.
+how a lockfile's pip entries are installed. A `git+http(s)://` reference has no file to hash:
+uv clones it with the git CLI, the resolution names the commit, and the package is built and
+installed from `git+URL@<commit>` in a second `uv pip install --no-deps` (uv's hash mode is all
+or nothing, so that call alone goes without `--require-hashes`). Index URLs reach uv through
+its environment variables, not its command line, so their credentials never show in a process
+list; what is logged or raised passes through `mask_credentials`.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ import importlib.metadata
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 import tomllib
+import urllib.parse
 import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -40,19 +45,25 @@ from packaging.version import InvalidVersion, Version
 from conda_store_server.build.logs import BuildLog
 from conda_store_server.exception import BuildFailure
 from conda_store_server.redact import mask_credentials, strip_credentials
-from conda_store_server.specification import _split_pip_option
+from conda_store_server.specification import pip_url, split_pip_option
 
 __all__ = [
     "Interpreter",
     "PipOptions",
     "PipPackage",
     "SolveBudget",
+    "chosen_file",
     "conda_distributions",
+    "git_requirements",
+    "git_url",
     "inspect_interpreter",
     "install",
     "installed_size",
     "pip_options",
+    "resolution_failure",
     "resolve",
+    "stub_wheel",
+    "uv_environment",
     "with_dependencies",
 ]
 
@@ -90,6 +101,7 @@ print(json.dumps({
     "markers": markers.default_environment(),
     "tags": [str(tag) for tag in tags.sys_tags()],
     "site_packages": sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}),
+    "executable": sys.executable,
 }))
 """
 
@@ -120,7 +132,7 @@ def pip_options(entries: Iterable[str], index_url: str, extra_index_urls: Iterab
         if not entry.startswith("--"):
             requirements.append(entry)
             continue
-        option, value = _split_pip_option(entry)
+        option, value = split_pip_option(entry)
         if option == "--pre":
             prerelease = True
         elif value is not None:
@@ -137,28 +149,73 @@ def pip_options(entries: Iterable[str], index_url: str, extra_index_urls: Iterab
     )
 
 
+#: A full git commit id (SHA-1, or SHA-256 for repositories in that object format): what pins
+#: a git package, as a file's sha256 pins any other.
+_COMMIT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def _is_git(url: str) -> bool:
+    return url[:4].lower() == "git+"
+
+
+def _names_commit(url: str) -> bool:
+    """True if the revision of `git+URL@<revision>[#fragment]` is a full commit id."""
+    _, at, revision = urllib.parse.urlsplit(url).path.rpartition("@")
+    return bool(at and _COMMIT_ID.fullmatch(revision))
+
+
 @dataclass(frozen=True)
 class PipPackage:
-    """One installed pip distribution, as the lockfile records it (URL without credentials)."""
+    """One installed pip distribution, as the lockfile records it (URL without credentials).
+
+    A file (wheel or source archive) is pinned by its `sha256`. A git package has none
+    (`sha256` is None): its `url` is `git+URL@<commit id>[#subdirectory=...]`, and the commit
+    pins it.
+    """
 
     name: str
     version: str
     url: str
-    sha256: str
+    sha256: str | None
     dependencies: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def is_git(self) -> bool:
+        return self.sha256 is None
+
+    @property
+    def requirement(self) -> str:
+        """The direct reference uv installs (and messages name)."""
+        return f"{self.name} @ {self.url}"
 
     @classmethod
     def from_lock_entry(cls, entry: Mapping[str, Any]) -> PipPackage:
-        """A lockfile's `manager: pip` entry; it must name a file and its sha256."""
+        """A lockfile's `manager: pip` entry: a file with its sha256, or a git commit.
+
+        A git entry's hash is not read: conda-lock writes the commit id there as if it were a
+        sha256, this service writes none, and the commit in the URL is what is installed. Its
+        `source` is not read either: `url` is what the URL rules checked.
+        """
         name = str(entry.get("name", ""))
+        version = str(entry.get("version", ""))
         url = entry.get("url")
+        if isinstance(url, str) and _is_git(url):
+            if not _names_commit(url):
+                raise BuildFailure(
+                    f"The lockfile's pip package {name!r} comes from git without a commit id "
+                    f"({mask_credentials(url)}); a lockfile's git package must name the full "
+                    "commit (git+https://host/repo.git@<commit id>), so that exactly that commit "
+                    "is installed"
+                )
+            return cls(canonicalize_name(name), version, url, None)
         sha256 = (entry.get("hash") or {}).get("sha256")
         if not isinstance(url, str) or not isinstance(sha256, str):
             raise BuildFailure(
                 f"The lockfile's pip package {name!r} has no url or no sha256 hash; every pip "
-                "package of a lockfile needs both, so that exactly that file is installed"
+                "package of a lockfile needs both (or a git+https URL pinned to a commit), so "
+                "that exactly that file is installed"
             )
-        return cls(canonicalize_name(name), str(entry.get("version", "")), url, sha256.lower())
+        return cls(canonicalize_name(name), version, url, sha256.lower())
 
 
 @dataclass(frozen=True)
@@ -222,7 +279,24 @@ def inspect_interpreter(prefix: str, timeout: float) -> Interpreter:
             f"The environment's python ({python}) could not tell what pip packages fit it: "
             f"{mask_credentials(result.stderr.strip()) or 'no output'}"
         )
-    return Interpreter(python, found["markers"], tuple(found["tags"]), tuple(found["site_packages"]))
+    return Interpreter(
+        _uv_python(prefix, python, found.get("executable")),
+        found["markers"],
+        tuple(found["tags"]),
+        tuple(found["site_packages"]),
+    )
+
+
+def _uv_python(prefix: str, python: str, executable: Any) -> str:
+    """The interpreter uv is given: the one `bin/python` runs as, when it lies in the prefix.
+
+    uv caches what it learns of an interpreter by its path; `bin/python` is often a link or a
+    launcher to `bin/pythonX.Y`, and naming the real one spares uv a fresh query at each call.
+    """
+    inside = os.path.realpath(prefix) + os.sep
+    if isinstance(executable, str) and os.path.realpath(executable).startswith(inside):
+        return executable
+    return python
 
 
 def conda_distributions(interpreter: Interpreter) -> dict[str, str]:
@@ -240,7 +314,7 @@ def conda_distributions(interpreter: Interpreter) -> dict[str, str]:
     return found
 
 
-def _stub_wheel(directory: Path, name: str, version: str) -> None:
+def stub_wheel(directory: Path, name: str, version: str) -> None:
     """A wheel holding only metadata: stands for a conda-installed distribution in a resolution.
 
     It has no dependencies: conda already installed what the conda package needs.
@@ -257,7 +331,7 @@ def _stub_wheel(directory: Path, name: str, version: str) -> None:
             archive.writestr(path, text)
 
 
-def _uv_environment(options: PipOptions) -> dict[str, str]:
+def uv_environment(options: PipOptions) -> dict[str, str]:
     environment = {key: value for key, value in os.environ.items() if key not in _IGNORED_UV_VARIABLES}
     environment["COLUMNS"] = "1000"  # uv wraps explanations at this width; readers wrap their own
     environment["UV_INDEX_URL"] = options.index_url
@@ -271,6 +345,25 @@ def _uv_arguments(interpreter: Interpreter, cache_dir: str) -> list[str]:
     return [*arguments, "--no-config", "--no-progress", "--color", "never", "--no-python-downloads"]
 
 
+def _require_git(requirements: Iterable[str]) -> None:
+    """Fail the build, naming the first git requirement, if git is not on the worker's PATH.
+
+    uv clones git references with the git CLI, found on the PATH it inherits (this process's);
+    without it uv's own error would not say that the worker, not the specification, lacks it.
+    """
+    first = next(iter(requirements), None)
+    if first is not None and shutil.which("git") is None:
+        raise BuildFailure(
+            f"pip requirement {mask_credentials(first)!r} needs git on the worker, and git is not "
+            "installed there; install git on the workers or use a released version from an index"
+        )
+
+
+def git_requirements(lines: Iterable[str]) -> list[str]:
+    """The requirements among `lines` that are git direct references (`name @ git+...`)."""
+    return [line for line in lines if _is_git(pip_url(line) or "")]
+
+
 def _run_uv(
     arguments: list[str], options: PipOptions, scratch: str, timeout: float | None, log: BuildLog
 ) -> subprocess.CompletedProcess[str]:
@@ -280,7 +373,7 @@ def _run_uv(
         return subprocess.run(
             [uv.find_uv_bin(), *arguments],
             cwd=scratch,
-            env=_uv_environment(options),
+            env=uv_environment(options),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -306,6 +399,7 @@ def resolve(
     Fails the build with uv's explanation (naming the conda packages it involves) when the
     requirements cannot be met, and with the time limit when uv outlasts the budget.
     """
+    _require_git(git_requirements(options.requirements))
     conda = conda_distributions(interpreter)
     directory = Path(scratch)
     (directory / "requirements.in").write_text("".join(f"{line}\n" for line in options.requirements))
@@ -313,7 +407,7 @@ def resolve(
     stubs = directory / "conda-distributions"
     stubs.mkdir()
     for name, version in conda.items():
-        _stub_wheel(stubs, name, version)
+        stub_wheel(stubs, name, version)
     arguments = ["pip", "compile", "requirements.in", "--format", "pylock.toml", "-o", "pylock.toml"]
     arguments += ["--no-header", "-c", "constraints.txt", "--find-links", str(stubs)]
     arguments += [argument for link in options.find_links for argument in ("--find-links", link)]
@@ -327,7 +421,7 @@ def resolve(
     except subprocess.TimeoutExpired as error:
         raise budget.exceeded() from error
     if result.returncode != 0:
-        raise BuildFailure(_resolution_failure(result.stderr, conda))
+        raise BuildFailure(resolution_failure(result.stderr, conda))
     log.write(mask_credentials(result.stderr.strip()))
     lock = tomllib.loads((directory / "pylock.toml").read_text())
     packages = []
@@ -336,12 +430,27 @@ def resolve(
         if name in conda:
             log.write(f"  {name} {conda[name]}: installed by conda, not by pip")
             continue
-        url, sha256 = _chosen_file(package, interpreter.tags)
+        if (package.get("vcs") or {}).get("type") == "git":
+            url, sha256 = git_url(package["vcs"]), None
+        else:
+            url, sha256 = chosen_file(package, interpreter.tags)
         packages.append(PipPackage(name, str(package["version"]), strip_credentials(url), sha256))
     return packages
 
 
-def _resolution_failure(stderr: str, conda: Mapping[str, str]) -> str:
+def git_url(vcs: Mapping[str, Any]) -> str:
+    """`git+URL@<commit>[#subdirectory=...]` of a git package's `vcs` table in pylock.toml.
+
+    The resolution's commit, not the reference the specification gave (a branch or a tag
+    moves): installing it later, or from the lockfile, builds the same source.
+    """
+    url = f"git+{vcs['url']}@{vcs['commit-id']}"
+    if vcs.get("subdirectory"):
+        url += f"#subdirectory={vcs['subdirectory']}"
+    return url
+
+
+def resolution_failure(stderr: str, conda: Mapping[str, str]) -> str:
     message = mask_credentials(stderr.strip()) or "uv gave no explanation"
     message = message.removeprefix("error: ").strip()
     involved = sorted(
@@ -357,7 +466,7 @@ def _resolution_failure(stderr: str, conda: Mapping[str, str]) -> str:
     return reason
 
 
-def _chosen_file(package: Mapping[str, Any], tags: tuple[str, ...]) -> tuple[str, str]:
+def chosen_file(package: Mapping[str, Any], tags: tuple[str, ...]) -> tuple[str, str]:
     """(URL, sha256) of the file pip would pick: the wheel of the most preferred tag, else the
     direct archive or the source distribution."""
     name = package["name"]
@@ -378,9 +487,10 @@ def _chosen_file(package: Mapping[str, Any], tags: tuple[str, ...]) -> tuple[str
     sha256 = (chosen or {}).get("hashes", {}).get("sha256")
     if not chosen or "url" not in chosen or not sha256:
         raise BuildFailure(
-            f"The pip package {name} does not come from a file with a sha256 hash (a VCS "
-            "checkout or a local directory); give a wheel or source archive URL instead, so "
-            "the build can be locked and repeated"
+            f"The pip package {name} comes neither from a file with a sha256 hash nor from a git "
+            "commit (a local directory, or another version control system); give a wheel or "
+            "source archive URL or a git+https reference instead, so the build can be locked "
+            "and repeated"
         )
     return chosen["url"], sha256
 
@@ -393,16 +503,33 @@ def install(
     scratch: str,
     log: BuildLog,
 ) -> None:
-    """Install exactly these files, hashes checked, no dependency resolution.
+    """Install exactly these files (hashes checked) and git commits, no dependency resolution.
 
-    The index URLs in `options` are passed too: uv sends their credentials to files on the
-    same hosts.
+    Files go first, in a call where every one must have its hash; git packages are built from
+    their commit in a second call, the only one without `--require-hashes`. The index URLs in
+    `options` are passed too: uv sends their credentials to files on the same hosts, and takes
+    the build backends of git packages from them.
     """
-    if not packages:
-        return
-    lines = "".join(f"{p.name} @ {p.url} --hash=sha256:{p.sha256}\n" for p in packages)
-    Path(scratch, "install.txt").write_text(lines)
-    arguments = ["pip", "install", "-r", "install.txt", "--no-deps", "--require-hashes"]
+    git = [package for package in packages if package.is_git]
+    _require_git(package.requirement for package in git)
+    files = [f"{p.requirement} --hash=sha256:{p.sha256}" for p in packages if not p.is_git]
+    if files:
+        _uv_install(interpreter, files, ["--require-hashes"], options, cache_dir, scratch, log)
+    if git:
+        _uv_install(interpreter, [p.requirement for p in git], [], options, cache_dir, scratch, log)
+
+
+def _uv_install(
+    interpreter: Interpreter,
+    lines: list[str],
+    flags: list[str],
+    options: PipOptions,
+    cache_dir: str,
+    scratch: str,
+    log: BuildLog,
+) -> None:
+    Path(scratch, "install.txt").write_text("".join(f"{line}\n" for line in lines))
+    arguments = ["pip", "install", "-r", "install.txt", "--no-deps", *flags]
     arguments += ["--link-mode", "hardlink", *_uv_arguments(interpreter, cache_dir)]
     result = _run_uv(arguments, options, scratch, None, log)
     output = mask_credentials(f"{result.stdout}\n{result.stderr}".strip())

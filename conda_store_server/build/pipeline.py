@@ -169,7 +169,9 @@ def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
     with conda_store.session() as session:
         _record_packages(session, plan.build_id, plan.prefix, records)
     _complete(conda_store, plan, size, log)
-    _make_artifacts(conda_store, plan, channels, [f"{p.name}=={p.version}" for p in locked_pip], log)
+    # a git package has no version an index could find: it is pinned to its commit instead
+    pins = [p.requirement if p.is_git else f"{p.name}=={p.version}" for p in locked_pip]
+    _make_artifacts(conda_store, plan, channels, pins, log)
 
 
 def _store_lockfile(conda_store: CondaStore, plan: BuildPlan, lock: dict[str, Any]) -> None:
@@ -193,11 +195,6 @@ def _pip_entries(spec: dict[str, Any]) -> list[str]:
     ]
 
 
-def _uv_cache(conda_store: CondaStore) -> str:
-    """uv's cache, shared by every build of the store (uv locks it for concurrent use)."""
-    return os.path.join(conda_store.store_directory, ".uv-cache")
-
-
 def _pip_install(
     conda_store: CondaStore, plan: BuildPlan, entries: list[str], budget: pip.SolveBudget, log: BuildLog
 ) -> tuple[list[pip.PipPackage], int]:
@@ -208,12 +205,12 @@ def _pip_install(
     started = time.monotonic()
     interpreter = pip.inspect_interpreter(plan.prefix, budget.remaining())
     with artifacts.temporary_directory(conda_store.store_directory) as scratch:
-        packages = pip.resolve(interpreter, options, _uv_cache(conda_store), scratch, budget, log)
+        packages = pip.resolve(interpreter, options, conda_store.uv_cache_directory, scratch, budget, log)
         log.write(f"resolved in {time.monotonic() - started:.2f} s")
         if options.names_sources:  # files of an index the administrator did not choose
             _check_urls(check_resolved_pip_urls, [package.url for package in packages], plan.settings)
         _log_pip_packages(packages, log)
-        pip.install(interpreter, packages, options, _uv_cache(conda_store), scratch, log)
+        pip.install(interpreter, packages, options, conda_store.uv_cache_directory, scratch, log)
     packages = pip.with_dependencies(interpreter, packages, options.requirements)
     return packages, pip.installed_size(plan.prefix, interpreter, packages)
 
@@ -237,7 +234,7 @@ def _pip_install_locked(
         )
     _log_pip_packages(packages, log)
     with artifacts.temporary_directory(conda_store.store_directory) as scratch:
-        pip.install(interpreter, packages, options, _uv_cache(conda_store), scratch, log)
+        pip.install(interpreter, packages, options, conda_store.uv_cache_directory, scratch, log)
     return pip.installed_size(plan.prefix, interpreter, packages)
 
 

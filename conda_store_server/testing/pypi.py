@@ -6,15 +6,24 @@ binary distribution format (``METADATA`` with ``Requires-Dist``, extras and mark
 ``RECORD`` with hashes) without any build backend, and ``serve_index`` serves a directory of
 wheels as a simple repository on loopback, optionally behind HTTP basic auth, counting the
 files it hands out so tests can tell a cached build from one that downloaded.
+
+For `name @ git+http://...` references, ``serve_git`` serves bare git repositories over git's
+"dumb" HTTP protocol (static files, after ``git update-server-info``) on loopback, and
+``source_project`` gives a source tree that builds a ``WheelSpec``'s wheel with an in-tree
+PEP 517 backend, so that uv builds it without downloading any build backend.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import html
 import http.server
+import json
+import os
 import re
+import subprocess
 import threading
 import time
 import zipfile
@@ -24,7 +33,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["PyPIIndex", "WheelSpec", "build_wheel", "build_wheels", "demo_wheels", "normalize", "serve_index"]
+__all__ = [
+    "GitRepository",
+    "GitServer",
+    "PyPIIndex",
+    "WheelSpec",
+    "build_wheel",
+    "build_wheels",
+    "demo_wheels",
+    "normalize",
+    "serve_git",
+    "serve_index",
+    "source_project",
+]
 
 #: A fixed timestamp for every zip entry, so the same spec always gives the same bytes (and hash).
 _ZIP_TIME = (2024, 1, 1, 0, 0, 0)
@@ -306,6 +327,164 @@ def serve_index(
     thread.start()
     try:
         yield index
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+#: The in-tree build backend of ``source_project``: PEP 517's `build_wheel` alone (all that an
+#: install calls; there is no sdist to make), with the standard library only, so that building
+#: needs no download (uv's build environment for a project requiring nothing is empty).
+_BACKEND = """\
+\"\"\"An in-tree PEP 517 backend (written by conda_store_server.testing.pypi).\"\"\"
+
+import base64
+import hashlib
+import zipfile
+
+DISTRIBUTION = {distribution!r}
+VERSION = {version!r}
+METADATA = {metadata!r}
+MODULES = {modules!r}
+WHEEL = "Wheel-Version: 1.0\\nGenerator: backend\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"
+
+
+def _hash(content):
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(content).digest()).rstrip(b"=").decode()
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    dist_info = f"{{DISTRIBUTION}}-{{VERSION}}.dist-info"
+    files = {{}}
+    for path in MODULES:
+        with open(path, "rb") as source:
+            files[path] = source.read()
+    files[f"{{dist_info}}/METADATA"] = METADATA.encode()
+    files[f"{{dist_info}}/WHEEL"] = WHEEL.encode()
+    record = "".join(f"{{path}},{{_hash(content)}},{{len(content)}}\\n" for path, content in files.items())
+    files[f"{{dist_info}}/RECORD"] = (record + f"{{dist_info}}/RECORD,,\\n").encode()
+    filename = f"{{DISTRIBUTION}}-{{VERSION}}-py3-none-any.whl"
+    with zipfile.ZipFile(f"{{wheel_directory}}/{{filename}}", "w") as archive:
+        for path, content in files.items():
+            archive.writestr(path, content)
+    return filename
+"""
+
+
+def source_project(spec: WheelSpec) -> dict[str, str]:
+    """The files (path -> text) of a source tree whose wheel is ``spec``'s.
+
+    ``pyproject.toml`` names the backend in the tree itself (``backend-path``) and requires
+    nothing, so no backend has to come from an index. Its ``[project]`` table states the same
+    requirements as the wheel's METADATA: uv takes static metadata from it without asking the
+    backend. The modules are read when the wheel is built: a commit that changes them changes
+    the wheel.
+    """
+    pyproject = (
+        "[build-system]\nrequires = []\n"
+        'build-backend = "backend"\nbackend-path = ["."]\n\n'
+        f"[project]\nname = {json.dumps(spec.name)}\nversion = {json.dumps(spec.version)}\n"
+        f"dependencies = {json.dumps(list(spec.requires))}\n"
+    )
+    if spec.extras:
+        pyproject += "\n[project.optional-dependencies]\n"
+        pyproject += "".join(f"{extra} = {json.dumps(list(r))}\n" for extra, r in spec.extras.items())
+    backend = _BACKEND.format(
+        distribution=spec.distribution,
+        version=spec.version,
+        metadata=_metadata(spec),
+        modules=sorted(spec.modules),
+    )
+    return {"pyproject.toml": pyproject, "backend.py": backend, **spec.modules}
+
+
+#: git without the user's or the system's configuration (no signing, hooks or other defaults),
+#: committing as a fixed author.
+_GIT_ENVIRONMENT = {
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_AUTHOR_NAME": "test",
+    "GIT_AUTHOR_EMAIL": "test@example.org",
+    "GIT_COMMITTER_NAME": "test",
+    "GIT_COMMITTER_EMAIL": "test@example.org",
+}
+
+
+def _git(*arguments: str) -> str:
+    result = subprocess.run(
+        ["git", *arguments],
+        env={**os.environ, **_GIT_ENVIRONMENT},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.strip()
+
+
+class GitRepository:
+    """A bare repository that ``serve_git`` serves, committed to from a scratch work tree."""
+
+    def __init__(self, server: GitServer, name: str) -> None:
+        self.path = server.root / f"{name}.git"
+        self.url = f"{server.url}/{name}.git"
+        self._work_tree = server.work / name
+        self._work_tree.mkdir(parents=True)
+        _git("init", "--quiet", "--bare", "--initial-branch=main", str(self.path))
+
+    def _git(self, *arguments: str) -> str:
+        return _git(f"--git-dir={self.path}", f"--work-tree={self._work_tree}", *arguments)
+
+    def commit(self, files: Mapping[str, str], message: str = "commit") -> str:
+        """Write ``files`` (path -> text) into the tree, commit them on ``main`` and publish the
+        commit to HTTP clients; returns its id."""
+        for path, text in files.items():
+            target = self._work_tree / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        self._git("add", "--all")
+        self._git("commit", "--quiet", f"--message={message}")
+        self._git("update-server-info")  # what the dumb protocol reads: info/refs, packs
+        return self._git("rev-parse", "HEAD")
+
+
+@dataclass
+class GitServer:
+    """A running static HTTP server of bare repositories (see ``serve_git``)."""
+
+    root: Path
+    work: Path
+    url: str = ""  # set once the server listens
+
+    def repository(self, name: str) -> GitRepository:
+        """A new, empty repository at ``<url>/<name>.git``."""
+        return GitRepository(self, name)
+
+
+class _StaticHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        """Quiet: a clone's requests are not the test's output."""
+
+
+@contextmanager
+def serve_git(directory: Path) -> Iterator[GitServer]:
+    """Serve repositories made with ``GitServer.repository`` at ``http://127.0.0.1:<port>/git``.
+
+    git's dumb HTTP protocol needs only static files, so any web server would do and this one
+    needs no git on the server side; clients (uv runs the git CLI) need git. The repositories
+    live in ``<directory>/served/git``, their work trees in ``<directory>/work``, not served.
+    """
+    server_root = directory / "served"
+    git = GitServer(root=server_root / "git", work=directory / "work")
+    git.root.mkdir(parents=True)
+    handler = functools.partial(_StaticHandler, directory=str(server_root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    git.url = f"http://127.0.0.1:{server.server_address[1]}/git"
+    thread = threading.Thread(target=server.serve_forever, name="git-server", daemon=True)
+    thread.start()
+    try:
+        yield git
     finally:
         server.shutdown()
         server.server_close()

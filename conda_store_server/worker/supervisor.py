@@ -73,6 +73,7 @@ FORK_SERVER_PRELOAD = (
     "conda_store_server.worker.supervisor",
     "conda_store_server.build.pipeline",
     "conda_store_server.periodic.channels",
+    "conda_store_server.worker.fork_server_warmup",
 )
 
 

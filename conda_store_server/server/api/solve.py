@@ -9,60 +9,110 @@ Each solved package carries the columns of upstream's `conda_package_build` rows
 client's `conda-store solve` prints `channel_id`): the ids are those of the rows the database
 already has for that channel, package and build (from an earlier build or channel indexing),
 and null when it has none; a solve writes nothing.
+
+`pip=` entries (requirements and pip options, as in a specification's `pip:` list) are resolved
+with uv for the solve's python, without building (`conda_store_server.build.pip_solve`), and
+listed under `pip`, beside `solve` (in `data` and at the top level). Pip packages are in no
+package table: the diff reads those of the current build from its LOCKFILE artifact. In
+`changes`, pip entries carry `"manager": "pip"`; entries without it are conda packages, as
+before pip was solved.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import rattler
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from conda_store_server import service
-from conda_store_server.build import solve
+from conda_store_server.build import lockfile, pip_solve, solve
+from conda_store_server.build.pip import SolveBudget
 from conda_store_server.build.pipeline import PACKAGE_BUILD_KEY, package_build_values
 from conda_store_server.db.models import (
+    Build,
+    BuildArtifactType,
     CondaChannel,
     CondaPackage,
     CondaPackageBuild,
     build_conda_package_build,
 )
-from conda_store_server.exception import BuildFailure, CondaStoreError, NotFoundError
+from conda_store_server.exception import BuildFailure, CondaStoreError, ConflictError, NotFoundError
 from conda_store_server.fetch_policy import check_channels
+from conda_store_server.redact import mask_credentials
 from conda_store_server.server.auth import Permissions
 from conda_store_server.server.dependencies import Caller, CallerDependency
 from conda_store_server.settings import get_settings
-from conda_store_server.specification import CondaSpecification, normalize_channel
+from conda_store_server.specification import (
+    CondaSpecification,
+    SpecificationPolicy,
+    normalize_channel,
+    validation_message,
+)
 
 router = APIRouter(prefix="/api/v1")
 SOLVE_NAME = "conda-store-solve"
 
 
+@dataclass(frozen=True)
+class _Current:
+    """The current build's packages, name -> version: conda's from the package tables, pip's
+    from its lockfile."""
+
+    conda: dict[str, str]
+    pip: dict[str, str]
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A solve request after the policy and the URL rules: what to solve, and against what."""
+
+    channels: list[str]
+    conda: list[str]
+    pip: list[str]
+    policy: SpecificationPolicy
+    current: _Current | None
+
+
 def _policy_checked(
-    conda_store: Any, namespace: str, name: str, channels: list[str], conda: list[str]
-) -> tuple[CondaSpecification, list[str], list[str], dict[str, str] | None]:
-    """The specification after the policy, its channels, the host platform, and the current
-    build's packages ({name: version}) when the environment exists."""
+    conda_store: Any, namespace: str, name: str, channels: list[str], conda: list[str], pip_entries: list[str]
+) -> _Checked:
+    """The request as the policy makes it (pip entries included, so they pass the
+    specification's checks and URL rules), and the current build's packages when the
+    environment has one."""
+    dependencies: list[Any] = [*conda, {"pip": pip_entries}] if pip_entries else list(conda)
     with conda_store.session() as session:
-        specification = CondaSpecification.model_validate(
-            {"name": name, "channels": channels, "dependencies": conda}
-        )
+        try:
+            specification = CondaSpecification.model_validate(
+                {"name": name, "channels": channels, "dependencies": dependencies}
+            )
+        except ValidationError as error:  # malformed package specs, pip entries or channels
+            raise CondaStoreError(mask_credentials(validation_message(error))) from error
         validated = service.prepare_specification(session, conda_store, namespace, specification)
         settings = get_settings(session, conda_store, namespace, name)
+        policy = settings.specification_policy()
         given = validated.channels or settings.conda_default_channels
         # the server fetches the channels' metadata itself here: host names are resolved, as a
         # worker does before a build, so a name pointing at 127.0.0.1 is refused too
-        check_channels(given, settings.specification_policy(), functools.cache(solve.resolve_host))
+        check_channels(given, policy, functools.cache(solve.resolve_host))
         resolved = [normalize_channel(c, settings.conda_channel_alias) for c in given]
-        current = None
+        current_conda, lockfile_key, current_build = None, None, None
         try:
             environment = service.get_environment(session, namespace, name)
         except NotFoundError:
             environment = None
         if environment is not None and environment.current_build_id is not None:
+            current_build = environment.current_build_id
             rows = session.execute(
                 select(CondaPackage.name, CondaPackage.version)
                 .join(CondaPackageBuild, CondaPackageBuild.package_id == CondaPackage.id)
@@ -70,11 +120,40 @@ def _policy_checked(
                     build_conda_package_build,
                     build_conda_package_build.c.conda_package_build_id == CondaPackageBuild.id,
                 )
-                .where(build_conda_package_build.c.build_id == environment.current_build_id)
+                .where(build_conda_package_build.c.build_id == current_build)
             )
-            current = dict(rows.all())
-        specs = [d for d in validated.dependencies if isinstance(d, str)]
-        return validated, resolved, specs, current
+            current_conda = dict(rows.all())
+            build = session.get(Build, current_build)
+            lockfile_key = next(
+                (a.key for a in build.build_artifacts if a.artifact_type == BuildArtifactType.LOCKFILE), None
+            )
+    current = None
+    if current_conda is not None:
+        where = f"build {current_build} (the current build of {namespace}/{name})"
+        current = _Current(current_conda, _locked_pip(conda_store, lockfile_key, where))
+    return _Checked(resolved, validated.conda_dependencies(), validated.pip_dependencies(), policy, current)
+
+
+def _locked_pip(conda_store: Any, key: str | None, where: str) -> dict[str, str]:
+    """name -> version of the pip packages in the lockfile at `key` (for this host).
+
+    The lockfile is their only record, so without it the diff cannot be told: a 409 rather
+    than a diff that would call every pip package added.
+    """
+    if key is None or not conda_store.storage.exists(key):
+        raise ConflictError(
+            f"{where} has no LOCKFILE artifact, where its pip packages are recorded, so what "
+            "would change cannot be told; rebuild the environment, or solve without environment="
+        )
+    try:
+        lock = json.loads(conda_store.storage.get(key))
+        entries = lockfile.pip_packages(lock, str(rattler.Subdir.current()))
+        return {canonicalize_name(str(e["name"])): str(e["version"]) for e in entries}
+    except (ValueError, AttributeError, KeyError, TypeError) as error:
+        raise ConflictError(
+            f"the LOCKFILE artifact of {where} is unreadable, so what would change "
+            "cannot be told; rebuild the environment, or solve without environment="
+        ) from error
 
 
 def _channel_name(record: rattler.RepoDataRecord) -> str | None:
@@ -117,17 +196,44 @@ def _known_ids(
     return ids
 
 
-def changes(current: dict[str, str], solved: dict[str, str]) -> dict[str, Any]:
-    def compare(name: str) -> int:
-        old, new = rattler.Version(current[name]), rattler.Version(solved[name])
-        return (new > old) - (new < old)
+def _conda_order(old: str, new: str) -> int | None:
+    """-1, 0 or 1 as conda orders the versions."""
+    older, newer = rattler.Version(old), rattler.Version(new)
+    return (newer > older) - (newer < older)
 
-    common = sorted(set(current) & set(solved))
+
+def _pip_order(old: str, new: str) -> int | None:
+    """-1, 0 or 1 as pip orders the versions; None when an uploaded lockfile's version is not
+    PEP 440 (the package is then shown as removed and added)."""
+    try:
+        older, newer = Version(old), Version(new)
+    except InvalidVersion:
+        return 0 if old == new else None
+    return (newer > older) - (newer < older)
+
+
+def changes(
+    current: dict[str, str],
+    solved: dict[str, str],
+    order: Callable[[str, str], int | None] = _conda_order,
+    **tag: str,
+) -> dict[str, list[dict[str, str]]]:
+    """What the solve adds, removes, upgrades and downgrades against `current` (name ->
+    version); `tag` is added to every entry (the manager of pip packages)."""
+    orders = {name: order(current[name], solved[name]) for name in set(current) & set(solved)}
+    unordered = {name for name, result in orders.items() if result is None}
+    moved = sorted(name for name, result in orders.items() if result)
     return {
-        "added": [{"name": n, "version": solved[n]} for n in sorted(set(solved) - set(current))],
-        "removed": [{"name": n, "version": current[n]} for n in sorted(set(current) - set(solved))],
-        "upgraded": [{"name": n, "from": current[n], "to": solved[n]} for n in common if compare(n) > 0],
-        "downgraded": [{"name": n, "from": current[n], "to": solved[n]} for n in common if compare(n) < 0],
+        "added": [
+            {"name": n, "version": solved[n], **tag} for n in sorted(set(solved) - set(current) | unordered)
+        ],
+        "removed": [
+            {"name": n, "version": current[n], **tag} for n in sorted(set(current) - set(solved) | unordered)
+        ],
+        "upgraded": [{"name": n, "from": current[n], "to": solved[n], **tag} for n in moved if orders[n] > 0],
+        "downgraded": [
+            {"name": n, "from": current[n], "to": solved[n], **tag} for n in moved if orders[n] < 0
+        ],
     }
 
 
@@ -137,7 +243,11 @@ async def api_solve_specification(
     channel: list[str] = Query([], description="Channels (repeatable); default: the deployment's"),
     channels: list[str] = Query([], description="Alias of channel (the official client sends it)"),
     conda: list[str] = Query([], description="Package specs (repeatable), e.g. python>=3.11"),
-    pip: list[str] = Query([], description="Not supported yet: a 400"),
+    pip: list[str] = Query(
+        [],
+        description="Pip requirements and options (repeatable), as in a specification's pip list, "
+        "e.g. flask>=3 or --index-url URL; resolved with uv for the solved python",
+    ),
     namespace: str | None = Query(None, max_length=255, description="Namespace (default: yours)"),
     environment: str | None = Query(
         None, max_length=255, description="Compare against this environment's current build"
@@ -146,8 +256,6 @@ async def api_solve_specification(
     caller: Caller = CallerDependency,
 ) -> dict[str, Any]:
     conda_store = request.app.state.conda_store
-    if pip:
-        raise HTTPException(400, f"pip dependencies {pip} are not supported yet; solve conda packages only")
     if not conda:
         raise HTTPException(400, "give at least one package to solve: ?conda=python")
     namespace = namespace or caller.primary_namespace
@@ -155,19 +263,20 @@ async def api_solve_specification(
     service.check_name("namespace", namespace)
     service.check_name("environment", name)
     await run_in_threadpool(caller.require, f"{namespace}/{name}", Permissions.ENVIRONMENT_SOLVE)
-    try:
-        _, resolved, specs, current = await run_in_threadpool(
-            _policy_checked, conda_store, namespace, name, channel + channels, conda
-        )
-    except ValueError as error:  # pydantic: malformed package specs or channels
-        raise CondaStoreError(str(error)) from error
+    checked = await run_in_threadpool(
+        _policy_checked, conda_store, namespace, name, channel + channels, conda, pip
+    )
     host = str(rattler.Subdir.current())
+    budget = SolveBudget(conda_store.conda_max_solve_time, time.monotonic())
     try:
         solved = await solve.solve(
-            resolved, specs, [host], conda_store.repodata_cache_directory, conda_store.conda_max_solve_time
+            checked.channels, checked.conda, [host], conda_store.repodata_cache_directory, budget.limit
+        )
+        pip_packages = await run_in_threadpool(
+            pip_solve.resolve, conda_store, checked.pip, solved[host], host, checked.policy, budget
         )
     except BuildFailure as failure:
-        raise CondaStoreError(str(failure)) from failure
+        raise CondaStoreError(mask_credentials(failure.reason)) from failure
     records = sorted(solved[host], key=lambda r: r.name.normalized)
     ids = await run_in_threadpool(_known_ids, conda_store, records)
     packages = [
@@ -190,8 +299,19 @@ async def api_solve_specification(
         }
         for r, (channel_id, package_id, build_id) in zip(records, ids, strict=True)
     ]
-    data: dict[str, Any] = {"solve": packages, "platform": host, "channels": resolved}
-    if current is not None:
-        data["changes"] = changes(current, {p["name"]: p["version"] for p in packages})
-    # `solve` at the top level too: the official client reads it there
-    return {"status": "ok", "data": data, "message": None, "solve": packages}
+    pip_listed = [{"name": p.name, "version": p.version, "url": p.url} for p in pip_packages]
+    data: dict[str, Any] = {
+        "solve": packages,
+        "pip": pip_listed,
+        "platform": host,
+        "channels": checked.channels,
+    }
+    if checked.current is not None:
+        data["changes"] = changes(checked.current.conda, {p["name"]: p["version"] for p in packages})
+        pip_changes = changes(
+            checked.current.pip, {p.name: p.version for p in pip_packages}, _pip_order, manager="pip"
+        )
+        for kind, entries in pip_changes.items():
+            data["changes"][kind] += entries
+    # `solve` at the top level too, where the official client reads it, and `pip` beside it
+    return {"status": "ok", "data": data, "message": None, "solve": packages, "pip": pip_listed}

@@ -25,6 +25,7 @@ from traitlets.config import Config
 from conda_store_server.app import CondaStore
 from conda_store_server.server.app import CondaStoreServer
 from conda_store_server.testing.channel import build_demo_channel
+from conda_store_server.testing.pypi import PyPIIndex, build_wheels, demo_wheels, serve_index
 
 POSTGRES_URL = os.environ.get("CONDA_STORE_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("CONDA_STORE_TEST_REDIS", "redis://127.0.0.1:6379/11")
@@ -111,6 +112,25 @@ def store_settings(tmp_path: Path, database_url: str, demo_channel: Path) -> dic
         "LocalStorage": {"storage_path": str(tmp_path / "storage")},
         "AuthenticationBackend": {"secret": "test-secret-" + "0123456789abcdef" * 3},
     }
+
+
+@pytest.fixture(scope="session")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo wheels of conda_store_server.testing.pypi, built once per session."""
+    return build_wheels(tmp_path_factory.mktemp("wheels"), demo_wheels())
+
+
+@pytest.fixture
+def index_options() -> dict[str, Any]:
+    """Options of `serve_index` (tests override it: basic auth, ...)."""
+    return {}
+
+
+@pytest.fixture
+def index(wheels: Path, index_options: dict[str, Any]) -> Iterator[PyPIIndex]:
+    """A PEP 503 index of the demo wheels on loopback."""
+    with serve_index(wheels, **index_options) as index:
+        yield index
 
 
 def allow_channels(store_settings: dict[str, dict[str, Any]], *channels: str) -> None:

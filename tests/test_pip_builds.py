@@ -34,12 +34,8 @@ from conda_store_server.testing.channel import host_subdir
 from conda_store_server.testing.pypi import (
     GitRepository,
     GitServer,
-    PyPIIndex,
     WheelSpec,
-    build_wheels,
-    demo_wheels,
     serve_git,
-    serve_index,
     source_project,
 )
 
@@ -68,22 +64,6 @@ def spec(
 def database_url(tmp_path: Path) -> str:
     """SQLite only: pip adds no database code, and each build here is a real uv run."""
     return f"sqlite:///{tmp_path / 'conda-store.sqlite'}"
-
-
-@pytest.fixture(scope="session")
-def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_wheels(tmp_path_factory.mktemp("wheels"), demo_wheels())
-
-
-@pytest.fixture
-def index_options() -> dict[str, Any]:
-    return {}
-
-
-@pytest.fixture
-def index(wheels: Path, index_options: dict[str, Any]) -> Iterator[PyPIIndex]:
-    with serve_index(wheels, **index_options) as index:
-        yield index
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,27 +21,11 @@ from live import free_port
 
 from conda_store_server.app import CondaStore
 from conda_store_server.db.models import CondaPackageBuild
-from conda_store_server.testing.pypi import PyPIIndex, build_wheels, demo_wheels, serve_index
+from conda_store_server.testing.pypi import PyPIIndex
 
 SECRET = "s3cret-pw"
 #: pip solves write nothing to the database: one database is enough for their uv runs.
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
-@pytest.fixture(scope="session")
-def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_wheels(tmp_path_factory.mktemp("wheels"), demo_wheels())
-
-
-@pytest.fixture
-def index_options() -> dict[str, Any]:
-    return {}
-
-
-@pytest.fixture
-def index(wheels: Path, index_options: dict[str, Any]) -> Iterator[PyPIIndex]:
-    with serve_index(wheels, **index_options) as index:
-        yield index
 
 
 @pytest.fixture

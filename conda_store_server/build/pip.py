@@ -62,7 +62,7 @@ __all__ = [
     "pip_options",
     "resolution_failure",
     "resolve",
-    "stub_wheel",
+    "compile_arguments",
     "uv_environment",
     "with_dependencies",
 ]
@@ -314,7 +314,7 @@ def conda_distributions(interpreter: Interpreter) -> dict[str, str]:
     return found
 
 
-def stub_wheel(directory: Path, name: str, version: str) -> None:
+def _stub_wheel(directory: Path, name: str, version: str) -> None:
     """A wheel holding only metadata: stands for a conda-installed distribution in a resolution.
 
     It has no dependencies: conda already installed what the conda package needs.
@@ -386,6 +386,27 @@ def _run_uv(
         ) from error
 
 
+def compile_arguments(options: PipOptions, conda: Mapping[str, str], directory: Path) -> list[str]:
+    """`uv pip compile` of the requirements to `directory/pylock.toml`, conda's distributions held.
+
+    Writes its inputs into `directory`: the requirements, conda's distributions as constraints,
+    and a metadata-only stand-in wheel of each, so that the resolution never needs that exact
+    version on an index. The interpreter, cache and target arguments are the caller's.
+    """
+    (directory / "requirements.in").write_text("".join(f"{line}\n" for line in options.requirements))
+    (directory / "constraints.txt").write_text("".join(f"{n}=={v}\n" for n, v in sorted(conda.items())))
+    stubs = directory / "conda-distributions"
+    stubs.mkdir()
+    for name, version in conda.items():
+        _stub_wheel(stubs, name, version)
+    arguments = ["pip", "compile", "requirements.in", "--format", "pylock.toml", "-o", "pylock.toml"]
+    arguments += ["--no-header", "-c", "constraints.txt", "--find-links", str(stubs)]
+    arguments += [argument for link in options.find_links for argument in ("--find-links", link)]
+    if options.prerelease:
+        arguments += ["--prerelease", "allow"]
+    return arguments
+
+
 def resolve(
     interpreter: Interpreter,
     options: PipOptions,
@@ -402,18 +423,7 @@ def resolve(
     _require_git(git_requirements(options.requirements))
     conda = conda_distributions(interpreter)
     directory = Path(scratch)
-    (directory / "requirements.in").write_text("".join(f"{line}\n" for line in options.requirements))
-    (directory / "constraints.txt").write_text("".join(f"{n}=={v}\n" for n, v in sorted(conda.items())))
-    stubs = directory / "conda-distributions"
-    stubs.mkdir()
-    for name, version in conda.items():
-        stub_wheel(stubs, name, version)
-    arguments = ["pip", "compile", "requirements.in", "--format", "pylock.toml", "-o", "pylock.toml"]
-    arguments += ["--no-header", "-c", "constraints.txt", "--find-links", str(stubs)]
-    arguments += [argument for link in options.find_links for argument in ("--find-links", link)]
-    if options.prerelease:
-        arguments += ["--prerelease", "allow"]
-    arguments += _uv_arguments(interpreter, cache_dir)
+    arguments = compile_arguments(options, conda, directory) + _uv_arguments(interpreter, cache_dir)
     if budget.remaining() <= 0:
         raise budget.exceeded()
     try:

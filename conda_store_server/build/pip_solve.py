@@ -186,17 +186,7 @@ def _compile(
 ) -> dict[str, Any]:
     """`uv pip compile` of the requirements for the target; its pylock.toml as a dict."""
     directory = Path(scratch)
-    (directory / "requirements.in").write_text("".join(f"{line}\n" for line in options.requirements))
-    (directory / "constraints.txt").write_text("".join(f"{n}=={v}\n" for n, v in sorted(conda.items())))
-    stubs = directory / "conda-distributions"
-    stubs.mkdir()
-    for name, version in conda.items():
-        pip.stub_wheel(stubs, name, version)
-    arguments = ["pip", "compile", "requirements.in", "--format", "pylock.toml", "-o", "pylock.toml"]
-    arguments += ["--no-header", "-c", "constraints.txt", "--find-links", str(stubs)]
-    arguments += [argument for link in options.find_links for argument in ("--find-links", link)]
-    if options.prerelease:
-        arguments += ["--prerelease", "allow"]
+    arguments = pip.compile_arguments(options, conda, directory)
     arguments += ["--python", sys.executable, "--python-version", ".".join(map(str, python.release[:3]))]
     arguments += ["--python-platform", _python_platform(subdir), "--cache-dir", cache_dir]
     arguments += ["--no-config", "--no-progress", "--color", "never", "--no-python-downloads"]

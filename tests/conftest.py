@@ -133,6 +133,19 @@ def index(wheels: Path, index_options: dict[str, Any]) -> Iterator[PyPIIndex]:
         yield index
 
 
+def uv_processes(cache_dir: str) -> list[int]:
+    """Running uv processes that use `cache_dir` (this test's store)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if arguments and arguments[0].endswith(b"uv") and cache_dir.encode() in arguments:
+            found.append(int(entry.name))
+    return found
+
+
 def allow_channels(store_settings: dict[str, dict[str, Any]], *channels: str) -> None:
     """Let specifications name `channels` (e.g. a loopback test server) as an administrator
     would: as allowed channels, beside the default ones. Unconfigured local or loopback

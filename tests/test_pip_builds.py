@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import WorkerProcess, login, submit, wait_for_build
+from conftest import WorkerProcess, login, submit, uv_processes, wait_for_build
 from live import free_port
 
 from conda_store_server.build.pip import PipPackage
@@ -139,19 +139,6 @@ def lockfile_of(client: Any, build_id: int) -> dict[str, Any]:
 
 def pip_entries(lock: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {p["name"]: p for p in lock["package"] if p["manager"] == "pip"}
-
-
-def uv_processes(cache_dir: str) -> list[int]:
-    """Running uv processes that use `cache_dir` (this test's store)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            arguments = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if arguments and arguments[0].endswith(b"uv") and cache_dir.encode() in arguments:
-            found.append(int(entry.name))
-    return found
 
 
 def test_a_conda_and_pip_build_runs_the_pip_packages_code(client, worker, index, wheels):

@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
-from conftest import WorkerProcess, login, submit, wait_for_build
+from conftest import WorkerProcess, login, submit, uv_processes, wait_for_build
 from fastapi.testclient import TestClient
 from live import free_port
 
@@ -297,19 +296,6 @@ def test_an_index_that_does_not_answer_is_a_400_without_its_credentials(
     message = response.json()["message"]
     assert f"Failed to fetch: http://{address}/simple/pipgreet/" in message, message
     assert SECRET not in response.text
-
-
-def uv_processes(cache_dir: str) -> list[int]:
-    """Running uv processes that use `cache_dir` (this test's store)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            arguments = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if arguments and arguments[0].endswith(b"uv") and cache_dir.encode() in arguments:
-            found.append(int(entry.name))
-    return found
 
 
 @SQLITE_ONLY

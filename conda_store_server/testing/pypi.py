@@ -28,7 +28,7 @@ import threading
 import time
 import zipfile
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -319,14 +319,20 @@ def serve_index(
     server stops when the context exits.
     """
     index = PyPIIndex(wheel_dir, credentials, delay)
-    handler = type("IndexHandler", (_Handler,), {"index": index})
+    with _serving(type("IndexHandler", (_Handler,), {"index": index}), "pypi-index") as address:
+        index.url = address
+        yield index
+
+
+@contextmanager
+def _serving(handler: Callable[..., http.server.BaseHTTPRequestHandler], name: str) -> Iterator[str]:
+    """`handler` served on a loopback port by a thread, for as long as the context lasts: its URL."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    index.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, name="pypi-index", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
     thread.start()
     try:
-        yield index
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
@@ -477,15 +483,6 @@ def serve_git(directory: Path) -> Iterator[GitServer]:
     server_root = directory / "served"
     git = GitServer(root=server_root / "git", work=directory / "work")
     git.root.mkdir(parents=True)
-    handler = functools.partial(_StaticHandler, directory=str(server_root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    git.url = f"http://127.0.0.1:{server.server_address[1]}/git"
-    thread = threading.Thread(target=server.serve_forever, name="git-server", daemon=True)
-    thread.start()
-    try:
+    with _serving(functools.partial(_StaticHandler, directory=str(server_root)), "git-server") as address:
+        git.url = f"{address}/git"
         yield git
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)

@@ -589,6 +589,24 @@ def validation_message(error: ValidationError) -> str:
     return _join_lines(_error_lines(error))
 
 
+_TOO_DEEP = "Unable to parse. Invalid YAML: the document is nested too deeply"
+#: libyaml's parser, when PyYAML has it: far faster, and it refuses a document nested deeper
+#: than it parses at once, where the pure-Python parser takes most of a second to overflow.
+_FAST_LOADER = getattr(yaml, "CSafeLoader", None)
+
+
+def _safe_yaml(text: str) -> Any:
+    """`yaml.safe_load`, by libyaml where it can; what it refuses gets the pure parser's message
+    (the one users know), but for nesting, which only libyaml refuses quickly."""
+    if _FAST_LOADER is not None:
+        try:
+            return yaml.load(text, Loader=_FAST_LOADER)
+        except yaml.YAMLError as error:
+            if "maximum nesting depth" in str(error):
+                raise SpecificationError(_TOO_DEEP) from error
+    return yaml.safe_load(text)
+
+
 def _load_document(text: str, what: str, limit: int) -> dict[str, Any]:
     """Parse YAML or JSON text into a mapping, or raise SpecificationError saying why not."""
     if not isinstance(text, str):
@@ -605,9 +623,9 @@ def _load_document(text: str, what: str, limit: int) -> dict[str, Any]:
             try:
                 data = json.loads(text)
             except json.JSONDecodeError:
-                data = yaml.safe_load(text)  # flow-style YAML is not always JSON
+                data = _safe_yaml(text)  # flow-style YAML is not always JSON
         else:
-            data = yaml.safe_load(text)
+            data = _safe_yaml(text)
     except yaml.MarkedYAMLError as exc:
         detail = ", ".join(part for part in (exc.context, exc.problem) if part)
         mark = exc.problem_mark or exc.context_mark
@@ -617,7 +635,7 @@ def _load_document(text: str, what: str, limit: int) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise SpecificationError(f"Unable to parse. Invalid YAML: {exc}") from exc
     except RecursionError as exc:
-        raise SpecificationError("Unable to parse. Invalid YAML: the document is nested too deeply") from exc
+        raise SpecificationError(_TOO_DEEP) from exc
     if data is None:
         raise SpecificationError(f"The {what} is empty: expected a YAML mapping of keys to values")
     if not isinstance(data, dict):

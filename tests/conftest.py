@@ -5,10 +5,12 @@ Services are never silently skipped in CI: with CI=true a missing PostgreSQL fai
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -294,6 +296,24 @@ def submit(client: TestClient, specification: str, namespace: str | None = None)
     response = client.post("/api/v1/specification/", json=body)
     assert response.status_code == 200, response.text
     return response.json()["data"]["build_id"]
+
+
+def artifact_ready(kind: str) -> Callable[[dict[str, Any]], bool]:
+    """For `wait_for_build`: the build has an artifact of `kind`, or it ended without one."""
+    return lambda build: build["status"] in ("FAILED", "CANCELED") or any(
+        artifact["artifact_type"] == kind for artifact in build["build_artifacts"]
+    )
+
+
+def unpack_archive(client: TestClient, build_id: int, target: Path) -> Path:
+    """Download the build's conda-pack archive, unpack it at `target` and run its conda-unpack."""
+    archive = client.get(f"/api/v1/build/{build_id}/archive/")
+    assert archive.status_code == 200, archive.text
+    target.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
+        tar.extractall(target, filter="tar")
+    subprocess.run([str(target / "bin" / "conda-unpack")], check=True, capture_output=True)
+    return target
 
 
 def wait_for_build(

@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from conftest import login, submit, wait_for_build
+from conftest import artifact_ready, login, submit, wait_for_build
 
 from conda_store_server.testing.channel import host_subdir
 
@@ -18,13 +18,6 @@ dependencies:
   - hello-py
   - libprefix
 """
-
-
-def has_artifact(kind: str):
-    return lambda build: (
-        any(a["artifact_type"] == kind for a in build["build_artifacts"])
-        or build["status"] in ("FAILED", "CANCELED")
-    )
 
 
 def test_build_installs_a_working_environment(client, worker, conda_store, tmp_path: Path) -> None:
@@ -66,7 +59,7 @@ def test_build_installs_a_working_environment(client, worker, conda_store, tmp_p
     ) in packages
     assert build["size"] > 0
 
-    build = wait_for_build(client, build_id, has_artifact("CONDA_PACK"))
+    build = wait_for_build(client, build_id, artifact_ready("CONDA_PACK"))
     yaml_text = client.get(f"/api/v1/build/{build_id}/yaml/").text
     assert "hello-py=1.1.0=" in yaml_text
     logs = client.get(f"/api/v1/build/{build_id}/logs/").text

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import login, submit, wait_for_build
-
-
-def artifact_ready(kind: str):
-    def check(build):
-        return build["status"] in ("FAILED", "CANCELED") or any(
-            a["artifact_type"] == kind for a in build["build_artifacts"]
-        )
-
-    return check
+from conftest import artifact_ready, login, submit, unpack_archive, wait_for_build
 
 
 def prefix_of(build) -> str:
@@ -61,13 +50,7 @@ def test_conda_pack_archive_relocates(client, worker, tmp_path: Path) -> None:
     build = wait_for_build(client, submit(client, "name: packed\ndependencies: [hello-tool, hello-py]\n"))
     assert build["status"] == "COMPLETED"
     build = wait_for_build(client, build["id"], artifact_ready("CONDA_PACK"))
-    archive = client.get(f"/api/v1/build/{build['id']}/archive/")
-    assert archive.status_code == 200
-    target = tmp_path / "elsewhere" / "unpacked"
-    target.mkdir(parents=True)
-    with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
-        tar.extractall(target, filter="tar")
-    subprocess.run([str(target / "bin" / "conda-unpack")], check=True, capture_output=True)
+    target = unpack_archive(client, build["id"], tmp_path / "elsewhere" / "unpacked")
     assert str(target) in (target / "etc" / "hello.conf").read_text()
     assert prefix_of(build) not in (target / "etc" / "hello.conf").read_text()
     out = subprocess.run([str(target / "bin" / "hello-tool")], capture_output=True, text=True, check=True)

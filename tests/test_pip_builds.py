@@ -17,14 +17,22 @@ import shutil
 import subprocess
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
-from conftest import WorkerProcess, login, submit, uv_processes, wait_for_build
+from conftest import (
+    WorkerProcess,
+    artifact_ready,
+    login,
+    submit,
+    unpack_archive,
+    uv_processes,
+    wait_for_build,
+)
 from live import free_port
 
 from conda_store_server.build.pip import PipPackage
@@ -113,10 +121,6 @@ def failed(client: Any, build_id: int) -> dict[str, Any]:
     return build
 
 
-def has_artifact(kind: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda build: any(a["artifact_type"] == kind for a in build["build_artifacts"])
-
-
 def run_python(prefix: str | Path, code: str) -> str:
     result = subprocess.run([f"{prefix}/bin/python", "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -183,7 +187,7 @@ def test_a_conda_and_pip_build_runs_the_pip_packages_code(client, worker, index,
     names = {row["name"] for row in rows}
     assert "tinylib" in names and not names & set(entries)  # pip packages are no conda packages
 
-    build = wait_for_build(client, build["id"], has_artifact("YAML"))
+    build = wait_for_build(client, build["id"], artifact_ready("YAML"))
     exported = yaml.safe_load(client.get(f"/api/v1/build/{build['id']}/yaml/").text)
     assert exported["dependencies"][-1] == {"pip": ["pipcolor==1.1.0", "pipfancy==0.1.0", "pipgreet==2.0.0"]}
     assert any(str(d).startswith("tinylib=1.0.0=") for d in exported["dependencies"])
@@ -193,14 +197,8 @@ def test_a_conda_and_pip_build_runs_the_pip_packages_code(client, worker, index,
 def test_the_conda_pack_archive_holds_the_pip_packages(client, worker, tmp_path):
     login(client)
     build = completed(client, submit(client, spec("packed")))
-    build = wait_for_build(client, build["id"], has_artifact("CONDA_PACK"), timeout=60)
-    archive = client.get(f"/api/v1/build/{build['id']}/archive/")
-    assert archive.status_code == 200
-    target = tmp_path / "elsewhere" / "unpacked"
-    target.mkdir(parents=True)
-    with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
-        tar.extractall(target, filter="tar")
-    subprocess.run([str(target / "bin" / "conda-unpack")], check=True, capture_output=True)
+    build = wait_for_build(client, build["id"], artifact_ready("CONDA_PACK"), timeout=60)
+    target = unpack_archive(client, build["id"], tmp_path / "elsewhere" / "unpacked")
     assert run_python(target, GREETING) == "*hello from alice 2.0.0*"
     where = run_python(target, "import pipgreet, sys; print(pipgreet.__file__); print(sys.prefix)")
     assert all(line.startswith(str(target)) for line in where.splitlines())
@@ -234,7 +232,8 @@ def test_a_requirement_uv_cannot_meet_fails_with_its_explanation(client, worker,
     assert build["status_info"].startswith("The pip requirements cannot be installed: ")
     assert explanation in build["status_info"], build["status_info"]
     assert explanation in logs_of(client, build["id"])
-    assert not has_artifact("LOCKFILE")(build)  # no lockfile without its pip part
+    # no lockfile without its pip part
+    assert not any(a["artifact_type"] == "LOCKFILE" for a in build["build_artifacts"])
 
 
 def test_pip_dependencies_without_python_fail_saying_to_add_it(client, worker):
@@ -264,7 +263,7 @@ def test_a_private_index_never_shows_its_credentials(client, worker, index):
     assert run_python(prefix_of(build), GREETING) == "*hello from alice 2.0.0*"
     assert sum(index.downloads.values()) > 0  # the files came through the authenticated index
     assert httpx.get(f"{index.index_url}/pipgreet/").status_code == 401  # which needs them
-    build = wait_for_build(client, build["id"], has_artifact("CONDA_PACK"), timeout=60)
+    build = wait_for_build(client, build["id"], artifact_ready("CONDA_PACK"), timeout=60)
     refused = failed(client, submit(client, spec("private-fails", pip=["no-such-project"])))
     lock = lockfile_of(client, build["id"])
     assert all("@" not in entry["url"] for entry in pip_entries(lock).values())
@@ -610,3 +609,18 @@ class TestGitReferences:
             assert build["status_info"] == no_git_message(f"gitgreet @ {pinned}")
         finally:
             worker.stop()
+
+
+def test_the_interpreter_inspection_sees_what_packaging_sees(tmp_path):
+    """The inspection builds the marker environment itself; it must equal packaging's."""
+    import sys
+    import sysconfig
+
+    from packaging import markers, tags
+
+    from conda_store_server.build.pip import inspect_interpreter
+
+    interpreter = inspect_interpreter(sys.prefix, timeout=30)
+    assert dict(interpreter.markers) == markers.default_environment()
+    assert list(interpreter.tags) == [str(tag) for tag in tags.sys_tags()]
+    assert sysconfig.get_path("purelib") in interpreter.site_packages

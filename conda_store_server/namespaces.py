@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, joinedload
 
 from conda_store_server.db.models import Namespace, NamespaceRoleMapping, NamespaceRoleMappingV2
 from conda_store_server.exception import CondaStoreError, ConflictError, NotFoundError
@@ -95,6 +95,7 @@ def mappings_v2(session: Session, namespace: Namespace) -> list[NamespaceRoleMap
         session.scalars(
             select(NamespaceRoleMappingV2)
             .where(NamespaceRoleMappingV2.namespace_id == namespace.id)
+            .options(joinedload(NamespaceRoleMappingV2.other_namespace))  # named in every row
             .order_by(NamespaceRoleMappingV2.id)
         )
     )

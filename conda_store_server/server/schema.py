@@ -71,19 +71,12 @@ class Build(BaseModel):
 
     @classmethod
     def of(cls, build: models.Build, detail: bool = True) -> Build:
-        specification = build.specification
+        """Without `detail` (a list's item) the specification and artifacts are left out and not
+        even read: loading them lazily would cost a query per build of a page."""
         return cls(
             id=build.id,
             environment_id=build.environment_id,
-            specification=Specification(
-                id=specification.id,
-                name=specification.name,
-                spec=specification.spec,
-                sha256=specification.sha256,
-                created_on=specification.created_on,
-            )
-            if detail
-            else None,
+            specification=_specification(build.specification) if detail else None,
             status=build.status.value,
             status_info=build.status_info,
             size=build.size or 0,
@@ -97,6 +90,16 @@ class Build(BaseModel):
             if detail
             else None,
         )
+
+
+def _specification(specification: models.Specification) -> Specification:
+    return Specification(
+        id=specification.id,
+        name=specification.name,
+        spec=specification.spec,
+        sha256=specification.sha256,
+        created_on=specification.created_on,
+    )
 
 
 def _public_key(artifact: models.BuildArtifact) -> str:

@@ -13,7 +13,6 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Row, Select, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased, contains_eager, joinedload
 
-from conda_store_server import service
 from conda_store_server.db.models import (
     Build,
     BuildArtifact,
@@ -27,6 +26,7 @@ from conda_store_server.db.models import (
     NamespaceRoleMapping,
     build_conda_package_build,
 )
+from conda_store_server.exception import NotFoundError
 from conda_store_server.server import schema
 from conda_store_server.server.auth import Permissions
 from conda_store_server.server.dependencies import (
@@ -352,6 +352,21 @@ def package_filters(query: Select, search: str | None, exact: str | None, build:
     return query
 
 
+def build_environment_arn(session: Session, build_id: int) -> str:
+    """`namespace/name` of a build's environment, in one query: listing a build's packages
+    needs only what authorizes it, not the build with its specification and artifacts."""
+    row = session.execute(
+        select(Namespace.name, Environment.name)
+        .select_from(Build)
+        .join(Build.environment)
+        .join(Environment.namespace)
+        .where(Build.id == build_id)
+    ).first()
+    if row is None:
+        raise NotFoundError("build id does not exist")
+    return f"{row[0]}/{row[1]}"
+
+
 @router.get("/build/{build_id}/packages/")
 def api_list_build_packages(
     build_id: BuildId,
@@ -362,10 +377,7 @@ def api_list_build_packages(
     session: Session = SessionDependency,
     arguments: PageArguments = Page,
 ) -> JSONResponse:
-    record = service.get_build(session, build_id)
-    caller.require(
-        f"{record.environment.namespace.name}/{record.environment.name}", Permissions.ENVIRONMENT_READ
-    )
+    caller.require(build_environment_arn(session, build_id), Permissions.ENVIRONMENT_READ)
     query = (
         select(CondaPackage)
         .join(CondaPackage.channel)

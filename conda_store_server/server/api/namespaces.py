@@ -102,7 +102,10 @@ def api_list_role_mappings(
     namespace: str, caller: Caller = CallerDependency, session: Session = SessionDependency
 ) -> dict[str, Any]:
     caller.require(namespace, Permissions.NAMESPACE_READ, Permissions.NAMESPACE_ROLE_MAPPING_READ)
-    rows = namespaces.mappings_v2(session, service.get_namespace(session, namespace))
+    # held while the rows are shaped: each row names it, and a namespace no longer referenced
+    # leaves the session's (weak) identity map, so that naming it would read it again per row
+    row = service.get_namespace(session, namespace)
+    rows = namespaces.mappings_v2(session, row)
     return {"status": "ok", "data": [namespaces.mapping_v2_json(r) for r in rows], "message": None}
 
 

@@ -65,7 +65,39 @@ async def _solve_all(
     repodata_cache: str,
     max_solve_seconds: int,
 ) -> dict[str, list[rattler.RepoDataRecord]]:
-    gateway = rattler.Gateway(cache_dir=Path(repodata_cache))
+    problem = (channels, specs, platforms, max_solve_seconds)
+    try:
+        return await _solve_with(_gateway(repodata_cache, True), *problem)
+    except _ShardRevalidationFailed:
+        log.warning(
+            "a channel of %s answered the revalidation of its sharded repodata index with a 304 "
+            "that rattler cannot use (no ETag or Last-Modified: rattler issue #2719); solving "
+            "again from its repodata.json",
+            channels,
+        )
+        return await _solve_with(_gateway(repodata_cache, False), *problem)
+
+
+class _ShardRevalidationFailed(Exception):
+    """rattler 0.28 treats a `304 Not Modified` to a sharded index revalidation as an error
+    when the answer carries no validator, as simple static servers (Python's http.server among
+    them) send it; such a channel is solved again without shards rather than failing builds
+    from the moment its cached index goes stale."""
+
+
+def _gateway(repodata_cache: str, sharded: bool) -> rattler.Gateway:
+    return rattler.Gateway(
+        cache_dir=Path(repodata_cache), default_config=rattler.SourceConfig(sharded_enabled=sharded)
+    )
+
+
+async def _solve_with(
+    gateway: rattler.Gateway,
+    channels: list[str],
+    specs: list[str],
+    platforms: list[str],
+    max_solve_seconds: int,
+) -> dict[str, list[rattler.RepoDataRecord]]:
     host = str(rattler.Subdir.current())
     match_specs = [rattler.MatchSpec(spec) for spec in specs]
     results: dict[str, list[rattler.RepoDataRecord]] = {}
@@ -85,6 +117,9 @@ async def _solve_all(
                 f"The environment cannot be solved for {platform}. {str(error).strip()}"
             ) from error
         except Exception as error:  # channel or network errors from rattler's gateway
+            text = str(error)
+            if "304 Not Modified" in text and "repodata_shards" in text:
+                raise _ShardRevalidationFailed(text) from error
             raise _fetch_failure(channels, error) from error
     return results
 

@@ -191,6 +191,15 @@ def catalogue() -> list[Case]:
     for label, quoted in quoted_names:
         path = f"/api/v1/namespace/{quoted}/"
         add(Case(f"namespace route: {label}", "POST", path, "Invalid namespace name"))
+
+    # ---------------------------------------------------------- NUL characters (PostgreSQL refuses them)
+    for path, params in [
+        ("/api/v1/environment/", {"search": "\x00"}),
+        ("/api/v2/environment/", {"namespace": "a\x00b"}),
+        ("/api/v1/package/", {"search": "py\x00"}),
+        ("/api/v1/build/", {"name": "\x00"}),
+    ]:
+        add(Case(f"NUL in the query of {path}", "GET", path, "NUL character", params=params, status=400))
         add(
             Case(
                 f"environment route: {label}",

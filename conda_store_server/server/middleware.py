@@ -1,4 +1,5 @@
-"""Checks every request passes before routing: body size, and the official client's extra slash.
+"""Checks every request passes before routing: body size, NUL characters in the query, and
+the official client's extra slash.
 
 A plain ASGI middleware: Starlette's `@app.middleware("http")` layers cost a task and a stream
 copy per request, measurable on list requests.
@@ -27,9 +28,17 @@ class RequestGuard:
                 )
                 await response(scope, receive, send)
                 return
+            query = scope.get("query_string", b"")
+            if b"%00" in query or b"\x00" in query:
+                # no name or filter holds one, and PostgreSQL refuses them in text
+                response = JSONResponse(
+                    {"status": "error", "message": "the query string contains a NUL character (%00)"},
+                    status_code=400,
+                )
+                await response(scope, receive, send)
+                return
             # The official client appends "/" to whole URLs, query included (`?packages=python/`);
             # no filter value ends with "/" (names cannot hold one), so the slash is the client's.
-            query = scope.get("query_string", b"")
             if query.endswith(b"/"):
                 scope = {**scope, "query_string": query.rstrip(b"/")}
         await self.app(scope, receive, send)

@@ -9,9 +9,12 @@ from __future__ import annotations
 import datetime
 import functools
 import io
+import json
 import os
 import shutil
 import tempfile
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -22,6 +25,11 @@ from conda_store_server.app import conda_store_dir
 from conda_store_server.exception import CondaStoreError
 
 PRESIGNED_URL_MINUTES = 10
+# a sealed log: an empty marker beside it (LocalStorage), or the composed object's record (S3)
+SEALED_SUFFIX = ".sealed"
+# S3 logs are appended as numbered part objects under `<key>.parts/`, composed when sealed
+PARTS_SUFFIX = ".parts/"
+LOG_READ_ATTEMPTS = 5
 
 
 def check_key(key: str) -> str:
@@ -30,6 +38,14 @@ def check_key(key: str) -> str:
     if not key or path.is_absolute() or ".." in path.parts or "\x00" in key:
         raise ValueError(f"invalid storage key {key!r}")
     return key
+
+
+@dataclass(frozen=True)
+class LogRead:
+    """A read of a log from some offset: its bytes, and whether the log was complete."""
+
+    data: bytes
+    sealed: bool
 
 
 class Storage(LoggingConfigurable):
@@ -47,6 +63,22 @@ class Storage(LoggingConfigurable):
         raise NotImplementedError
 
     def append(self, key: str, value: bytes) -> None:
+        """Add `value` at the end of a log: one batch of lines, never a rewrite of what is there."""
+        raise NotImplementedError
+
+    def read_log(self, key: str, offset: int = 0) -> LogRead:
+        """The bytes of a log from byte `offset` on, and whether the log is sealed (complete).
+
+        `sealed` is observed before the bytes are read: a sealed answer holds the whole rest.
+        """
+        raise NotImplementedError
+
+    def seal_log(self, key: str) -> None:
+        """Mark a log complete (its build has ended and nothing more will be appended)."""
+        raise NotImplementedError
+
+    def log_is_sealed(self, key: str) -> bool:
+        """True when the log is complete and stored whole at `key` (servable as any artifact)."""
         raise NotImplementedError
 
     def get(self, key: str) -> bytes:
@@ -120,6 +152,28 @@ class LocalStorage(Storage):
         with open(destination, "ab") as handle:
             handle.write(value)
 
+    def read_log(self, key: str, offset: int = 0) -> LogRead:
+        path = self._path(key)
+        sealed = self._sealed_marker(path).exists()
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                return LogRead(handle.read(), sealed)
+        except FileNotFoundError:
+            return LogRead(b"", sealed)
+
+    def seal_log(self, key: str) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._sealed_marker(path).touch()
+
+    def log_is_sealed(self, key: str) -> bool:
+        return self._sealed_marker(self._path(key)).exists()
+
+    @staticmethod
+    def _sealed_marker(path: Path) -> Path:
+        return path.with_name(path.name + SEALED_SUFFIX)
+
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 
@@ -127,7 +181,9 @@ class LocalStorage(Storage):
         return self._path(key).is_file()
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        self._sealed_marker(path).unlink(missing_ok=True)
 
     def get_url(self, key: str) -> str | None:
         if self.storage_url:
@@ -223,12 +279,116 @@ class S3Storage(Storage):
             self.bucket_name, check_key(key), str(filename), content_type=content_type
         )
 
+    # Logs. S3 has no append, and rewriting the object per batch costs the whole log each time:
+    # a batch is a part object `<key>.parts/<number>-<random>`, and a read concatenates the
+    # object at `key` (if any) and the parts in order. Sealing composes them into the object at
+    # `key` (one write of the whole log, once) and records in `<key>.sealed` how large the
+    # composed object is and the last part it holds, before it deletes those parts: a reader
+    # that lists the log while it is sealed never counts a part twice.
     def append(self, key: str, value: bytes) -> None:
-        """S3 has no append: the object is rewritten. Only logs append, a few KB at a time."""
-        existing = self.get(key) if self.exists(key) else b""
-        self.set(key, existing + value, "text/plain; charset=utf-8")
+        listing = self._log_listing(key)
+        # after the parts there are, and after those a seal composed (and deleted) if any
+        names = [*listing.parts, (listing.sealed or {}).get("through") or ""]
+        number = 1 + max((_part_number(name) for name in names if name), default=-1)
+        part = f"{check_key(key)}{PARTS_SUFFIX}{number:012d}-{uuid.uuid4().hex[:8]}"
+        self.internal_client.put_object(
+            self.bucket_name, part, io.BytesIO(value), len(value), content_type="text/plain; charset=utf-8"
+        )
+
+    def read_log(self, key: str, offset: int = 0) -> LogRead:
+        from minio.error import S3Error
+
+        for _ in range(LOG_READ_ATTEMPTS):
+            listing = self._log_listing(key)
+            try:
+                return LogRead(self._read_pieces(listing.pieces(), offset), listing.sealed is not None)
+            except S3Error as error:
+                if error.code not in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                    raise
+                # a part was deleted by a seal between the listing and the read: list again
+        raise CondaStoreError(f"the log {key} kept changing while it was read; try again")
+
+    def seal_log(self, key: str) -> None:
+        listing = self._log_listing(key)
+        if listing.composed() and not listing.parts_after_seal():
+            # sealed already; parts left by a seal that was interrupted are removed
+            for name in listing.parts:
+                self.internal_client.remove_object(self.bucket_name, name)
+            return
+        data = self._read_pieces(listing.pieces(), 0)
+        last = max([*listing.parts, (listing.sealed or {}).get("through") or ""])
+        marker = json.dumps({"size": len(data), "through": last}).encode()
+        # the record first: until the composed object replaces the old one (whose size differs),
+        # readers ignore it and read the parts
+        record = check_key(key) + SEALED_SUFFIX
+        self.internal_client.put_object(self.bucket_name, record, io.BytesIO(marker), len(marker))
+        self.internal_client.put_object(
+            self.bucket_name, key, io.BytesIO(data), len(data), content_type="text/plain; charset=utf-8"
+        )
+        for name in listing.parts:
+            if name <= last:
+                self.internal_client.remove_object(self.bucket_name, name)
+
+    def log_is_sealed(self, key: str) -> bool:
+        listing = self._log_listing(key)
+        return listing.composed() and not listing.parts_after_seal()
+
+    def _log_listing(self, key: str) -> _LogListing:
+        """One LIST request: the object at `key`, its parts and its seal record."""
+        check_key(key)
+        listing = _LogListing(key)
+        for item in self.internal_client.list_objects(self.bucket_name, prefix=key, recursive=True):
+            name = item.object_name
+            if name == key:
+                listing.base_size = item.size
+            elif name.startswith(key + PARTS_SUFFIX):
+                listing.parts[name] = item.size
+            elif name == key + SEALED_SUFFIX:
+                listing.sealed = self._seal_record(name)
+        return listing
+
+    def _seal_record(self, name: str) -> dict[str, Any]:
+        from minio.error import S3Error
+
+        try:
+            response = self.internal_client.get_object(self.bucket_name, name)
+        except S3Error as error:
+            if error.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                return {}
+            raise
+        try:
+            record = json.loads(response.read() or b"{}")
+        except ValueError:
+            record = {}
+        finally:
+            response.close()
+            response.release_conn()
+        return record if isinstance(record, dict) else {}
+
+    def _read_pieces(self, pieces: list[tuple[str, int]], offset: int) -> bytes:
+        """Bytes from `offset` of the concatenated (name, size) pieces, each read only to its
+        listed size (a composed object may have replaced a smaller one meanwhile)."""
+        chunks = []
+        start = 0
+        for name, size in pieces:
+            end = start + size
+            if end > offset and size > 0:
+                skip = max(offset - start, 0)
+                response = self.internal_client.get_object(
+                    self.bucket_name, name, offset=skip, length=size - skip
+                )
+                try:
+                    chunks.append(response.read())
+                finally:
+                    response.close()
+                    response.release_conn()
+            start = end
+        return b"".join(chunks)
 
     def get(self, key: str) -> bytes:
+        listing = self._log_listing(key)
+        if listing.parts or listing.sealed is not None:
+            return self.read_log(key).data
         response = self.internal_client.get_object(self.bucket_name, check_key(key))
         try:
             return response.read()
@@ -243,14 +403,52 @@ class S3Storage(Storage):
             self.internal_client.stat_object(self.bucket_name, check_key(key))
         except S3Error as error:
             if error.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
-                return False
+                return bool(self._log_listing(key).parts)
             raise
         return True
 
     def delete(self, key: str) -> None:
+        listing = self._log_listing(key)
+        for name in listing.parts:
+            self.internal_client.remove_object(self.bucket_name, name)
+        if listing.sealed is not None:
+            self.internal_client.remove_object(self.bucket_name, key + SEALED_SUFFIX)
         self.internal_client.remove_object(self.bucket_name, check_key(key))
 
     def get_url(self, key: str) -> str | None:
         return self.external_client.presigned_get_object(
             self.bucket_name, check_key(key), expires=datetime.timedelta(minutes=PRESIGNED_URL_MINUTES)
         )
+
+
+def _part_number(name: str) -> int:
+    return int(name.rpartition("/")[2].partition("-")[0])
+
+
+@dataclass
+class _LogListing:
+    """What one LIST of an S3 log found: the object at its key, its parts, its seal record."""
+
+    key: str
+    base_size: int | None = None
+    parts: dict[str, int] = field(default_factory=dict)  # name -> size; names sort in order
+    sealed: dict[str, Any] | None = None
+
+    def composed(self) -> bool:
+        """True when the object at the key is the one the seal record describes."""
+        return self.base_size is not None and (self.sealed or {}).get("size") == self.base_size
+
+    def parts_after_seal(self) -> list[str]:
+        through = (self.sealed or {}).get("through", "")
+        return sorted(name for name in self.parts if name > through)
+
+    def pieces(self) -> list[tuple[str, int]]:
+        """The objects whose concatenation is the log, in order, with their sizes.
+
+        A seal record whose size is the object's says the object holds the parts up to
+        `through`: those are skipped (they are about to be deleted). Otherwise the object is an
+        earlier one and every part follows it.
+        """
+        pieces = [(self.key, self.base_size)] if self.base_size is not None else []
+        names = self.parts_after_seal() if self.composed() else sorted(self.parts)
+        return [*pieces, *((name, self.parts[name]) for name in names)]

@@ -157,6 +157,7 @@ for _path in ("lockfile/", "conda-lock.yml", "conda-lock.yaml"):
     )
 for _path in (
     "logs/",
+    "logs/stream",
     "yaml/",
     "lockfile/",
     "conda-lock.yml",

@@ -624,3 +624,91 @@ def test_the_interpreter_inspection_sees_what_packaging_sees(tmp_path):
     assert dict(interpreter.markers) == markers.default_environment()
     assert list(interpreter.tags) == [str(tag) for tag in tags.sys_tags()]
     assert sysconfig.get_path("purelib") in interpreter.site_packages
+
+
+FOREIGN = "osx-arm64" if host_subdir() != "osx-arm64" else "linux-64"
+
+
+@pytest.fixture
+def foreign_platform(store_settings, demo_channel: Path, tmp_path: Path) -> str:
+    """The demo channel with a python for a second platform, solved for beside the host's."""
+    import asyncio
+
+    from rattler.index import index_fs
+
+    from conda_store_server.testing.channel import python_package
+    from conda_store_server.testing.package_builder import build_package
+
+    channel = tmp_path / "two-platforms"
+    shutil.copytree(demo_channel, channel)
+    (channel / FOREIGN).mkdir()
+    build_package(python_package(), channel, FOREIGN)
+    asyncio.run(index_fs(channel, force=True))
+    traits = store_settings["CondaStore"]
+    traits["conda_default_channels"] = [channel.as_uri()]
+    traits["conda_solve_platforms"] = [host_subdir(), FOREIGN]
+    return FOREIGN
+
+
+def test_every_solve_platform_gets_pip_entries_in_the_lockfile(foreign_platform, client, worker, index):
+    login(client)
+    build = completed(client, submit(client, spec("two")))
+    lock = lockfile_of(client, build["id"])
+    by_platform: dict[str, dict[str, dict[str, Any]]] = {}
+    for package in lock["package"]:
+        if package["manager"] == "pip":
+            by_platform.setdefault(package["platform"], {})[package["name"]] = package
+    assert set(by_platform) == {host_subdir(), foreign_platform}
+    host, foreign = by_platform[host_subdir()], by_platform[foreign_platform]
+    assert {name: p["version"] for name, p in foreign.items()} == {n: p["version"] for n, p in host.items()}
+    assert {name: (p["url"], p["hash"]) for name, p in foreign.items()} == {
+        name: (p["url"], p["hash"]) for name, p in host.items()
+    }
+    assert f"resolving pip requirements for {foreign_platform}" in logs_of(client, build["id"])
+
+
+@pytest.mark.parametrize(
+    ("subdir", "expected"),
+    [
+        ("osx-arm64", "macosx_11_0_arm64"),
+        ("osx-64", "macosx_13_0_x86_64"),
+        ("linux-aarch64", "manylinux_2_17_aarch64.manylinux2014_aarch64"),
+        ("win-64", "win_amd64"),
+    ],
+)
+def test_another_platforms_wheel_is_the_one_uv_targets(subdir, expected, tmp_path, wheels):
+    """uv lists the wheels its fixed target for `subdir` accepts; the tags pick the best."""
+    import tomllib
+
+    import uv
+    from packaging.version import Version
+
+    from conda_store_server.build import pip, pip_solve
+
+    if subdir == host_subdir():
+        pytest.skip("the host's platform is detected, not fixed")
+    links = tmp_path / "links"
+    links.mkdir()
+    wheel = wheels / "pipcolor-1.1.0-py3-none-any.whl"
+    for platform_tag in (
+        "macosx_11_0_arm64",
+        "macosx_14_0_arm64",
+        "macosx_10_9_x86_64",
+        "macosx_13_0_x86_64",
+        "macosx_14_0_x86_64",
+        "manylinux_2_17_aarch64.manylinux2014_aarch64",
+        "manylinux_2_28_aarch64",
+        "musllinux_1_2_aarch64",
+        "win_amd64",
+        "win32",
+    ):
+        shutil.copy(wheel, links / f"pipcolor-1.1.0-cp311-cp311-{platform_tag}.whl")
+    (tmp_path / "requirements.in").write_text("pipcolor\n")
+    python = Version("3.11.7")
+    arguments = [uv.find_uv_bin(), "pip", "compile", "requirements.in", "--format", "pylock.toml"]
+    arguments += ["-o", "pylock.toml", "--no-index", "--find-links", str(links), "--no-config"]
+    arguments += ["--python-version", str(python), "--python-platform", pip_solve._python_platform(subdir)]
+    subprocess.run(arguments, cwd=tmp_path, check=True, capture_output=True)
+    (package,) = tomllib.loads((tmp_path / "pylock.toml").read_text())["packages"]
+    url, _ = pip.chosen_file(package, pip_solve._wheel_tags(python, subdir))
+    assert url.endswith(f"pipcolor-1.1.0-cp311-cp311-{expected}.whl")

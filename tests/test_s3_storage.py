@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,9 @@ def test_a_build_writes_its_artifacts_to_s3(client, worker, conda_store) -> None
     assert build["status"] == "COMPLETED", client.get(f"/api/v1/build/{build_id}/logs/").text
     storage = conda_store.storage
     keys = {a["artifact_type"]: a["key"] for a in build["build_artifacts"]}
+    deadline = time.monotonic() + 10  # a log is served from S3 once its worker sealed it (whole)
+    while not storage.log_is_sealed(keys["LOGS"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
     for kind, expected in (("lockfile", b'"version": 1'), ("yaml", b"hello-py"), ("logs", b"installing")):
         response = client.get(f"/api/v1/build/{build_id}/{kind}/", follow_redirects=False)
         assert response.status_code == 307

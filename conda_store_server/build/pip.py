@@ -334,6 +334,34 @@ def conda_distributions(interpreter: Interpreter) -> dict[str, str]:
     return found
 
 
+_DIST_INFO_METADATA = re.compile(r"site-packages/([^/]+)-([^/-]+)\.dist-info/METADATA$")
+
+
+def distributions_by_conda_package(prefix: str) -> dict[tuple[str, str], dict[str, str]]:
+    """(conda name, version) -> the Python distributions (normalized name -> version) each
+    conda package of the prefix installed, from the file lists in `conda-meta`.
+
+    Another platform's lock is resolved without an environment: the same conda package at the
+    same version provides the same distributions there, so they constrain it as they do here.
+    """
+    found: dict[tuple[str, str], dict[str, str]] = {}
+    for path in Path(prefix, "conda-meta").glob("*.json"):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        provided = {}
+        for file in record.get("files", []):
+            if match := _DIST_INFO_METADATA.search(file):
+                try:
+                    provided[canonicalize_name(match[1])] = str(Version(match[2]))
+                except InvalidVersion:
+                    continue  # as in conda_distributions: no constraint
+        if provided:
+            found[(str(record.get("name")), str(record.get("version")))] = provided
+    return found
+
+
 def _stub_wheel(directory: Path, name: str, version: str) -> None:
     """A wheel holding only metadata: stands for a conda-installed distribution in a resolution.
 

@@ -25,6 +25,12 @@ Differences from a build, which a solve cannot avoid without installing:
   environment's python.
 - The wheel tags are CPython's: a conda python of another implementation (PyPy) is solved as
   if it were CPython of its version.
+
+The same resolution gives a build's lockfile its pip entries for the `conda_solve_platforms`
+other than the worker's (nothing is installed for those). For another platform uv has no host
+to detect, so it gets a fixed target, and the wheel tags are that target's: Linux at
+manylinux 2.17 (conda-forge's own glibc baseline), macOS at uv's defaults (11.0 on arm64, 13.0
+on x86_64; uv lists only the wheels its target accepts), Windows as it is.
 """
 
 from __future__ import annotations
@@ -65,19 +71,39 @@ _MANYLINUX_MINORS = (17, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40)
 _LINUX_ARCHITECTURES = {"linux-64": "x86_64", "linux-aarch64": "aarch64"}
 #: uv's targets for the other subdirs a server may run on.
 _OTHER_PLATFORMS = {"osx-64": "x86_64-apple-darwin", "osx-arm64": "aarch64-apple-darwin"}
+#: The glibc minor version a Linux platform other than the host's is resolved for.
+_FOREIGN_MANYLINUX_MINOR = 17
+#: Wheel platform tags of the non-Linux subdirs when they are not the host's: uv's targets.
+_FOREIGN_PLATFORM_TAGS = {
+    "osx-arm64": lambda: list(tags.mac_platforms((11, 0), "arm64")),
+    "osx-64": lambda: list(tags.mac_platforms((13, 0), "x86_64")),
+    "win-64": lambda: ["win_amd64"],
+    "win-arm64": lambda: ["win_arm64"],
+}
+_WINDOWS_PLATFORMS = {"win-64": "x86_64-pc-windows-msvc", "win-arm64": "aarch64-pc-windows-msvc"}
+#: manylinux's names from before PEP 600, by the glibc minor version they stand for.
+_LEGACY_MANYLINUX = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+
+
+def _is_host(subdir: str) -> bool:
+    return subdir == str(rattler.Subdir.current())
 
 
 def _python_platform(subdir: str) -> str:
-    """uv's `--python-platform` for this host: on Linux the newest manylinux target its glibc
+    """uv's `--python-platform`. For this host: on Linux the newest manylinux target its glibc
     runs (as packaging detects it for the wheel tags), so that uv accepts the wheels the
-    environment's python would accept here."""
+    environment's python would accept here. For another platform: a fixed target."""
     if subdir in _OTHER_PLATFORMS:
         return _OTHER_PLATFORMS[subdir]
+    if subdir in _WINDOWS_PLATFORMS and not _is_host(subdir):
+        return _WINDOWS_PLATFORMS[subdir]
     if subdir not in _LINUX_ARCHITECTURES:
         raise BuildFailure(
-            f"pip requirements cannot be solved on this server's platform {subdir}: uv has no "
-            "target for it; build the environment instead"
+            f"pip requirements cannot be solved for the platform {subdir}: uv has no target for "
+            "it; remove the pip requirements or that platform from conda_solve_platforms"
         )
+    if not _is_host(subdir):
+        return f"{_LINUX_ARCHITECTURES[subdir]}-manylinux_2_{_FOREIGN_MANYLINUX_MINOR}"
     architecture = _LINUX_ARCHITECTURES[subdir]
     glibc = [
         int(match[1])
@@ -105,11 +131,28 @@ def _python_version(records: Sequence[rattler.RepoDataRecord]) -> Version:
         ) from error
 
 
-def _wheel_tags(python: Version) -> tuple[str, ...]:
-    """The wheel tags, best first, of CPython `python` on this host: what the environment's
-    python will report (`pip.inspect_interpreter`), so the file chosen is the one it installs."""
+def _platform_tags(subdir: str) -> list[str]:
+    """Wheel platform tags, best first: this host's as packaging detects them, else those of
+    the fixed target `_python_platform` gives uv for `subdir`."""
+    if _is_host(subdir):
+        return list(tags.platform_tags())
+    if subdir in _FOREIGN_PLATFORM_TAGS:
+        return _FOREIGN_PLATFORM_TAGS[subdir]()
+    architecture = _LINUX_ARCHITECTURES[subdir]
+    found = []
+    for minor in range(_FOREIGN_MANYLINUX_MINOR, 4, -1):
+        found.append(f"manylinux_2_{minor}_{architecture}")
+        if minor in _LEGACY_MANYLINUX:
+            found.append(f"{_LEGACY_MANYLINUX[minor]}_{architecture}")
+    return found
+
+
+def _wheel_tags(python: Version, subdir: str) -> tuple[str, ...]:
+    """The wheel tags, best first, of CPython `python` on `subdir`: on this host what the
+    environment's python will report (`pip.inspect_interpreter`), so the file chosen is the
+    one it installs."""
     version = (python.major, python.minor)
-    platforms = list(tags.platform_tags())
+    platforms = _platform_tags(subdir)
     found = [
         *tags.cpython_tags(version, platforms=platforms),
         *tags.compatible_tags(version, f"cp{python.major}{python.minor}", platforms),
@@ -208,8 +251,12 @@ def resolve(
     subdir: str,
     policy: SpecificationPolicy,
     budget: pip.SolveBudget,
+    provided: Mapping[str, str] | None = None,
 ) -> list[pip.PipPackage]:
     """The pip packages a build of `entries` beside the conda solve `records` would install.
+
+    `provided` adds Python distributions that the conda packages are known to install (name ->
+    version; a build knows them from the environment it made), beside the noarch:python rule.
 
     Blocking (uv runs as a subprocess): call it in a worker thread. Raises BuildFailure with
     what to change (credentials masked), and SpecificationError for a URL the URL rules refuse,
@@ -225,10 +272,10 @@ def resolve(
     if not options.requirements:
         return []
     _require_git(options)
-    conda = _conda_distributions(records)
+    conda = {**_conda_distributions(records), **(provided or {})}
     with artifacts.temporary_directory(conda_store.store_directory) as scratch:
         lock = _compile(options, conda, python, subdir, conda_store.uv_cache_directory, scratch, budget)
-    wheel_tags = _wheel_tags(python)
+    wheel_tags = _wheel_tags(python, subdir)
     packages = []
     for package in lock.get("packages", []):
         name = canonicalize_name(package["name"])

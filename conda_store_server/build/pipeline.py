@@ -28,9 +28,9 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from conda_store_server.build import artifacts, install, lockfile, pip, solve
+from conda_store_server.build import artifacts, install, lockfile, pip, pip_solve, solve
 from conda_store_server.build.keys import artifact_key, build_key, identity_of
-from conda_store_server.build.logs import BuildLog
+from conda_store_server.build.logs import BuildLog, spool_path
 from conda_store_server.build.permissions import apply_ownership
 from conda_store_server.db.models import (
     Build,
@@ -77,15 +77,25 @@ class BuildPlan:
 
 
 def run_build(conda_store: CondaStore, build_id: int) -> BuildStatus:
-    """Run a claimed (BUILDING) build; return its final status. Never raises for build errors."""
+    """Run a claimed (BUILDING) build; return its final status. Never raises for build errors.
+
+    The log's lines go to the build's spool file, from which its supervisor ships them to
+    storage (`conda_store_server.build.logs`).
+    """
+    log = BuildLog(spool_path(conda_store.store_directory, build_id))
+    try:
+        return _run_build(conda_store, build_id, log)
+    finally:
+        log.close()
+
+
+def _run_build(conda_store: CondaStore, build_id: int, log: BuildLog) -> BuildStatus:
     with conda_store.session() as session:
         build = get_build(session, build_id)
-        log = BuildLog(conda_store.storage, artifact_key("logs", build_key(identity_of(build))))
         try:
             plan = _plan(session, conda_store, build)
         except CondaStoreError as error:
             log.write(error.message)
-            log.flush()
             _finish(session, build_id, BuildStatus.FAILED, error.message)
             return BuildStatus.FAILED
 
@@ -99,16 +109,13 @@ def run_build(conda_store: CondaStore, build_id: int) -> BuildStatus:
     except BuildFailure as failure:
         reason = mask_credentials(failure.reason)
         log.write(f"build failed: {reason}")
-        log.flush()
         _mark_failed(conda_store, plan.build_id, reason)
         return BuildStatus.FAILED
     except Exception as error:
         log.write(mask_credentials(traceback.format_exc()))
-        log.flush()
         _mark_failed(conda_store, plan.build_id, mask_credentials(f"internal error: {error!r}"))
         return BuildStatus.FAILED
     log.write(f"build {build_id} finished in {time.monotonic() - started:.2f} s")
-    log.flush()
     return BuildStatus.COMPLETED
 
 
@@ -158,6 +165,11 @@ def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
         budget = pip.SolveBudget(plan.settings.conda_max_solve_time, solve_started)
         locked_pip, pip_size = _pip_install(conda_store, plan, pip_entries, budget, log)
         lock = lockfile.with_pip_packages(lock, host, locked_pip)
+        by_package = pip.distributions_by_conda_package(plan.prefix)
+        for platform, other in sorted(records_by_platform.items()):
+            if platform != host:
+                packages = _pip_lock(conda_store, plan, pip_entries, other, platform, by_package, budget, log)
+                lock = lockfile.with_pip_packages(lock, platform, packages)
         _store_lockfile(conda_store, plan, lock)
         size += pip_size
     elif locked_pip:
@@ -213,6 +225,39 @@ def _pip_install(
         pip.install(interpreter, packages, options, conda_store.uv_cache_directory, scratch, log)
     packages = pip.with_dependencies(interpreter, packages, options.requirements)
     return packages, pip.installed_size(plan.prefix, interpreter, packages)
+
+
+def _pip_lock(
+    conda_store: CondaStore,
+    plan: BuildPlan,
+    entries: list[str],
+    records: list[rattler.RepoDataRecord],
+    platform: str,
+    by_package: dict[tuple[str, str], dict[str, str]],
+    budget: pip.SolveBudget,
+    log: BuildLog,
+) -> list[pip.PipPackage]:
+    """The pip part of the lock for a platform other than the worker's: resolved for that
+    platform's python as a solve does it (`pip_solve`), never installed, so a worker of that
+    platform installs the same files from the lockfile. `by_package` holds the distributions
+    each conda package installed here: the same package and version provides them there too."""
+    provided = {
+        name: version
+        for record in records
+        for name, version in by_package.get((record.name.normalized, str(record.version)), {}).items()
+    }
+    log.write(f"resolving pip requirements for {platform} (locked, not installed here)")
+    try:
+        packages = pip_solve.resolve(
+            conda_store, entries, records, platform, plan.settings.specification_policy(), budget, provided
+        )
+    except SpecificationError as error:
+        raise BuildFailure(error.message) from error
+    except BuildFailure as failure:
+        raise BuildFailure(f"pip requirements for {platform}: {failure.reason}") from failure
+    for package in packages:
+        log.write(mask_credentials(f"  {platform}: {package.name} {package.version}  {package.url}"))
+    return packages
 
 
 def _pip_install_locked(
@@ -510,7 +555,6 @@ def _complete(conda_store: CondaStore, plan: BuildPlan, size: int, log: BuildLog
             link_current_build(conda_store, environment, build)
             run_post_update_hook(conda_store, environment)
     log.write(f"build {plan.build_id} COMPLETED ({size} bytes); it is now the current build")
-    log.flush()
 
 
 def _make_artifacts(
@@ -543,7 +587,6 @@ def _make_artifacts(
             log.write(f"conda-pack archive failed: {error}")
     for unavailable in sorted(set(wanted) & {"DOCKER_MANIFEST", "CONSTRUCTOR_INSTALLER"}):
         log.write(f"{unavailable} artifacts are not built by this server yet; skipped")
-    log.flush()
 
 
 def _finish(session: Session, build_id: int, status: BuildStatus, reason: str | None) -> bool:

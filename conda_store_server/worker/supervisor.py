@@ -34,6 +34,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from conda_store_server.build.keys import artifact_key, build_key, identity_of
+from conda_store_server.build.logs import FLUSH_INTERVAL_SECONDS, LogShipper, spool_path, stamped
 from conda_store_server.db.models import Build, BuildStatus, utcnow
 from conda_store_server.db.session import refresh_query_statistics
 from conda_store_server.periodic import claim_run
@@ -150,6 +151,11 @@ class Supervisor:
         self._context = build_process_context()
         self._indexer: BaseProcess | None = None
         self._not_before: dict[str, float] = {}  # periodic job -> monotonic time it can be due
+        # build logs: the children write spool files, a thread of this process ships them
+        self._logs = LogShipper(conda_store.storage, conda_store.store_directory)
+        self._log_keys: dict[int, str] = {}
+        self._shipping: threading.Thread | None = None
+        self._shipping_stopped = threading.Event()
 
     # ------------------------------------------------------------------ the Celery task's side
     def run_build(self, build_id: int) -> str:
@@ -177,6 +183,7 @@ class Supervisor:
 
     # ------------------------------------------------------------------ the monitor thread
     def run(self, should_stop: Callable[[], bool]) -> None:
+        self._start_shipping()
         recover_stale_builds(self.conda_store)
         while not should_stop():
             try:
@@ -231,6 +238,9 @@ class Supervisor:
             )
             running.final_status = BuildStatus.BUILDING.value
             running.done.set()
+        self._shipping_stopped.set()
+        if self._shipping is not None:
+            self._shipping.join(KILL_GRACE_SECONDS)
 
     # ------------------------------------------------------------------ claiming and starting
     def _claim(self, build_id: int) -> bool:
@@ -299,6 +309,7 @@ class Supervisor:
         )
         running = RunningBuild(build_id, process)
         try:
+            self._logs.start(build_id)
             process.start()
         except Exception as error:  # noqa: BLE001 - e.g. the fork server died: the build must not stay BUILDING
             # not the build's fault: multiprocessing starts a new fork server for the next process
@@ -312,7 +323,37 @@ class Supervisor:
             return running
         self.running[build_id] = running
         log.info("build %s started in process %s", build_id, process.pid)
+        self._start_shipping()
         return running
+
+    # ------------------------------------------------------------------ logs
+    def _start_shipping(self) -> None:
+        """The thread that ships the running builds' logs (with supervision, or the first build):
+        storage that answers slowly delays logs, never heartbeats or cancels."""
+        with self._slots:
+            if self._shipping is None and not self._shipping_stopped.is_set():
+                self._shipping = threading.Thread(target=self._ship_logs, name="build-logs", daemon=True)
+                self._shipping.start()
+
+    def _ship_logs(self) -> None:
+        try:
+            self._logs.connect()
+        except Exception:
+            log.exception("the storage of build logs is not reachable yet")
+        while not self._shipping_stopped.wait(FLUSH_INTERVAL_SECONDS):
+            for build_id in list(self.running):
+                try:
+                    self._logs.ship(build_id, self._log_key(build_id))
+                except Exception:
+                    # storage or database unavailable: the lines wait in the spool for the next round
+                    log.exception("the log of build %s could not be shipped; retrying", build_id)
+                    time.sleep(1.0)
+
+    def _log_key(self, build_id: int) -> str:
+        if build_id not in self._log_keys:
+            with self.conda_store.session() as session:
+                self._log_keys[build_id] = log_key(get_build(session, build_id))
+        return self._log_keys[build_id]
 
     # ------------------------------------------------------------------ supervision
     def _heartbeat(self) -> None:
@@ -453,12 +494,16 @@ class Supervisor:
         with self.conda_store.session() as session:
             build = get_build(session, running.build_id)
             if build.worker_id == self.worker_id:
+                # every line the process wrote comes before the reason it ended
+                _ship_rest(self._logs, build)
                 if status == BuildStatus.QUEUED:
                     _give_back(self.conda_store, session, build, reason)
                 else:
                     _end(self.conda_store, session, build, status, reason)
+                _seal_if_final(self.conda_store, build)
                 _purge_if_deleted(self.conda_store, session, build)
             final = build.status.value
+        self._log_keys.pop(running.build_id, None)
         log.info("build %s ended here: %s", running.build_id, final)
         return final
 
@@ -495,6 +540,9 @@ def recover_stale_builds(conda_store: CondaStore, stale_after: float = STALE_AFT
         for build in building:
             if _worker_is_dead(build.worker_id):
                 why = f"its worker {build.worker_id} is no longer running"
+                # on this machine: what its build process wrote and the worker had not shipped
+                shipper = LogShipper(conda_store.storage, conda_store.store_directory)
+                _ship_rest(shipper, build)
             elif (build.heartbeat_on or build.started_on or cutoff) < cutoff:
                 why = (
                     f"its worker {build.worker_id or '(unknown)'} stopped responding "
@@ -504,6 +552,7 @@ def recover_stale_builds(conda_store: CondaStore, stale_after: float = STALE_AFT
                 continue
             if _give_back(conda_store, session, build, why) is not None:
                 recovered.append(build.id)
+                _seal_if_final(conda_store, build)
                 _purge_if_deleted(conda_store, session, build)
     return recovered
 
@@ -577,9 +626,32 @@ def _purge_if_deleted(conda_store: CondaStore, session: Session, build: Build) -
         purge_build_files(conda_store, build, kept_artifacts(session, conda_store))
 
 
+def log_key(build: Build) -> str:
+    return artifact_key("logs", build_key(identity_of(build)))
+
+
 def _append_log(conda_store: CondaStore, build: Build, line: str) -> None:
-    key = artifact_key("logs", build_key(identity_of(build)))
-    conda_store.storage.append(key, f"[{utcnow():%H:%M:%S}] {line}\n".encode())
+    conda_store.storage.append(log_key(build), stamped(line))
+
+
+def _ship_rest(shipper: LogShipper, build: Build) -> None:
+    """Ship a build's spool to its end; a storage failure is logged, never stops the decision."""
+    if not spool_path(shipper.store_directory, build.id).exists():
+        return
+    try:
+        shipper.finish(build.id, log_key(build))
+    except Exception:
+        log.exception("the last lines of build %s could not be shipped", build.id)
+
+
+def _seal_if_final(conda_store: CondaStore, build: Build) -> None:
+    """A build that has ended has its whole log: sealed, so that readers know it is complete."""
+    if not build.status.is_final:
+        return
+    try:
+        conda_store.storage.seal_log(log_key(build))
+    except Exception:
+        log.exception("the log of build %s could not be sealed", build.id)
 
 
 def _kill(running: RunningBuild, sig: int = signal.SIGTERM) -> None:

@@ -19,6 +19,7 @@ from conda_store_server.build.keys import build_key, identity_of
 from conda_store_server.db.models import BuildArtifactType, Namespace
 from conda_store_server.exception import NotFoundError
 from conda_store_server.server.api.listing import DEPRECATION_HEADERS
+from conda_store_server.server.api.logs import log_response
 from conda_store_server.server.auth import Permissions
 from conda_store_server.server.dependencies import (
     BuildId,
@@ -258,13 +259,13 @@ def _artifact_response(
         if kind == "installer":  # upstream's message and status
             raise HTTPException(400, f"Build {build_id} doesn't have an installer")
         raise HTTPException(404, f"build {build_id} has no {artifact_type.value} artifact")
+    if artifact_type == BuildArtifactType.LOGS:  # readable while it grows, also on S3
+        return log_response(conda_store, artifact.key)
     url = conda_store.storage.get_url(artifact.key)
     if url is not None:
         return RedirectResponse(url, status_code=307)
     path = conda_store.storage.local_path(artifact.key)
     if path is None or not path.is_file():
-        if artifact_type == BuildArtifactType.LOGS:
-            return PlainTextResponse("")
         raise HTTPException(404, f"the {artifact_type.value} artifact of build {build_id} is gone")
     return FileResponse(path, media_type=media_type, filename=path.name)
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import IN_CI, login, wait_for_build
+from browser import chromium_context, require, screenshot_directory
+from conftest import login
 from fastapi.testclient import TestClient
 from live import live_server
 from traitlets.config import Config
@@ -17,15 +16,7 @@ from traitlets.config import Config
 from conda_store_server.server import ui
 from conda_store_server.server.app import CondaStoreServer
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BUNDLE = ui.BUNDLE_DIRECTORY / "main.js"
-
-
-def require(condition: bool, what: str) -> None:
-    if not condition:
-        if IN_CI:
-            pytest.fail(f"{what} is required in CI (.ci/run installs it)")
-        pytest.skip(f"{what} is missing")
 
 
 def app_client(conda_store, store_settings, **options: Any) -> TestClient:
@@ -41,7 +32,7 @@ def page_config(html: str) -> dict[str, str]:
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("prefix", ["/", "/conda-store"])
 def test_the_page_points_the_app_at_this_server(conda_store, store_settings, prefix: str) -> None:
-    require(BUNDLE.is_file(), "the UI bundle (scripts/fetch-ui)")
+    require(BUNDLE.is_file(), "the UI bundle (installed by the package build)")
     base = "" if prefix == "/" else prefix
     with app_client(conda_store, store_settings, url_prefix=prefix) as client:
         root = client.get(f"{base}/", follow_redirects=False)
@@ -72,68 +63,99 @@ def test_without_the_bundle_the_page_says_how_to_get_it(
     monkeypatch.setattr(ui, "BUNDLE_DIRECTORY", tmp_path / "none")
     with app_client(conda_store, store_settings) as client:
         page = client.get("/ui/")
-        assert page.status_code == 503 and "scripts/fetch-ui" in page.text
+        assert page.status_code == 503
+        assert "python -m conda_store_server.server.ui_bundle" in page.text and "2024.11.1" in page.text
         assert client.get("/api/v1/").status_code == 200
+
+
+#: Every text the environment page's build status shows, in order (it updates without a reload).
+RECORD_STATUSES = """
+window.__statuses = [];
+new MutationObserver(() => {
+  const element = document.querySelector('[data-testid="build-status"]');
+  const text = element ? element.textContent.trim() : null;
+  if (text && window.__statuses[window.__statuses.length - 1] !== text) window.__statuses.push(text);
+}).observe(document, {subtree: true, childList: true, characterData: true});
+"""
+SPECIFICATION = "dependencies:\n  - hello-py\n"
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_the_app_works_in_a_browser(conda_store, store_settings, worker, tmp_path: Path) -> None:
-    require(BUNDLE.is_file(), "the UI bundle (scripts/fetch-ui)")
-    require(os.path.exists(CHROMIUM), "Chromium")
-    from playwright.sync_api import expect, sync_playwright
+    """Log in, create an environment in the editor, watch it build, its packages and artifacts,
+    log out: with no 5xx and no request to another host (chromium_context checks both)."""
+    require(BUNDLE.is_file(), "the UI bundle (installed by the package build)")
+    from playwright.sync_api import expect
 
-    with live_server(conda_store, store_settings) as url, sync_playwright() as playwright:
+    shots = screenshot_directory(tmp_path)
+    with live_server(conda_store, store_settings) as url:
         url = url.replace("127.0.0.1", "localhost")
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        try:
-            page = browser.new_page()
+        with chromium_context(url) as (context, traffic):
+            context.add_init_script(RECORD_STATUSES)
+            page = context.new_page()
             page.goto(f"{url}/ui/")
-            expect(page.get_by_text("Log in", exact=False).first).to_be_visible(timeout=30_000)
+            login_button = page.get_by_role("button", name="Log in")
+            expect(login_button).to_be_visible(timeout=30_000)
 
-            # log in through the login page the UI links to, which must bring us back
-            page.goto(f"{url}/login/?next={url}/ui/")
+            # the UI's own login button leads to our login page, which brings us back
+            login_button.click()
+            page.wait_for_url(f"{url}/login/**", timeout=30_000)
             page.fill("input[name=username]", "alice")
             page.fill("input[name=password]", "password")
+            page.screenshot(path=str(shots / "ui-login.png"))
             page.click("button[type=submit]")
-            page.wait_for_url(f"{url}/ui/", timeout=30_000)
+            page.wait_for_url(f"{url}/ui/**", timeout=30_000)
+            expect(page.get_by_role("button", name="Log out")).to_be_visible(timeout=30_000)
+            expect(page.get_by_text("Shared Environments")).to_be_visible()
 
-            # an environment built through the API, with the browser's own session
-            created = page.request.post(
-                f"{url}/api/v1/specification/",
-                data={"namespace": "alice", "specification": "name: browsed\ndependencies: [hello-py]\n"},
-            )
-            assert created.ok, created.text()
-            build_id = created.json()["data"]["build_id"]
-            with TestClient(CondaStoreServer(config=Config(store_settings)).create_app(conda_store)) as api:
-                login(api)
-                assert wait_for_build(api, build_id)["status"] == "COMPLETED"
+            # create an environment with the YAML editor
+            page.get_by_label("Create a new environment in the alice namespace").click()
+            page.wait_for_url(f"{url}/ui/alice/new-environment", timeout=30_000)
+            page.get_by_label("Environment name").fill("browsed")
+            page.get_by_placeholder("Enter here the description of your environment").fill("made in Chromium")
+            page.locator("input[type=checkbox]").check()  # GUI -> YAML
+            editor = page.locator(".cm-content").first
+            editor.click()
+            page.keyboard.press("Control+A")
+            page.keyboard.press("Delete")
+            page.keyboard.insert_text(SPECIFICATION)
+            expect(editor).to_contain_text("hello-py")
+            page.screenshot(path=str(shots / "ui-create.png"))
+            page.get_by_role("button", name="Create", exact=True).click()
 
-            # the environment's page: found from the sidebar's list, its build, its packages
-            page.goto(f"{url}/ui/alice/browsed")
-            expect(page.get_by_text("Status: Completed")).to_be_visible(timeout=30_000)
+            # the environment's page follows its build live, to Completed, without a reload
+            page.wait_for_url(f"{url}/ui/alice/browsed", timeout=30_000)
+            status = page.get_by_test_id("build-status")
+            expect(status).to_contain_text("Completed", timeout=180_000)
+            statuses = page.evaluate("window.__statuses")
+            assert statuses[-1] == "Status: Completed", statuses
+            assert any(text in ("Status: Queued", "Status: Building") for text in statuses[:-1]), statuses
+            expect(page.get_by_text("made in Chromium")).to_be_visible()
+
+            # its packages: what was asked for and what the solve installed
             expect(page.get_by_text("Installed Packages")).to_be_visible()
-            expect(page.get_by_text("tinylib", exact=True)).to_be_visible(timeout=30_000)
-            # artifact links, and the lockfile they lead to
-            lockfile = page.locator(f'a[href$="/api/v1/build/{build_id}/lockfile/"]')
-            expect(lockfile).to_have_count(1, timeout=30_000)
-            download = page.request.get(lockfile.get_attribute("href"))
-            assert download.ok and download.json()["version"] == 1
-            page.screenshot(path=str(tmp_path / "environment.png"), full_page=True)
+            for package in ("hello-py", "python", "tinylib"):
+                expect(page.get_by_text(package, exact=True).last).to_be_visible(timeout=30_000)
+            page.screenshot(path=str(shots / "ui-environment.png"))
 
-            # log out from the UI
+            # its artifacts: each link the page shows answers, the lockfile is conda-lock v1
+            artifacts = page.get_by_text("Logs and Artifacts")
+            artifacts.scroll_into_view_if_needed()
+            lockfile = page.get_by_role("link", name="Show lockfile")
+            expect(lockfile).to_be_visible(timeout=30_000)
+            expect(page.get_by_role("link", name="Show yml file")).to_be_visible()
+            links = page.locator('a[href*="/api/v1/build/"]')
+            hrefs = [links.nth(index).get_attribute("href") for index in range(links.count())]
+            assert any(href.endswith("/lockfile/") for href in hrefs), hrefs
+            for href in hrefs:
+                answer = page.request.get(href)
+                assert answer.ok, (href, answer.status)
+            assert page.request.get(lockfile.get_attribute("href")).json()["version"] == 1
+            page.screenshot(path=str(shots / "ui-artifacts.png"))
+
+            # log out from the UI: the session is gone, for the page and for the API
             page.get_by_role("button", name="Log out").click()
-            expect(page.get_by_text("Log in", exact=False).first).to_be_visible(timeout=30_000)
-        finally:
-            browser.close()
+            expect(page.get_by_role("button", name="Log in")).to_be_visible(timeout=30_000)
+            permissions = page.request.get(f"{url}/api/v1/permission/").json()["data"]
+            assert permissions["authenticated"] is False, permissions
+            assert any("/api/v1/specification/" in request for request in traffic.requests)

@@ -17,10 +17,11 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
 from jinja2 import Environment
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
-from traitlets import Bool, Dict, Integer, List, TraitError, Type, Unicode, default, validate
+from traitlets import Bool, Dict, Instance, Integer, List, TraitError, Type, Unicode, default, validate
 from traitlets.config import Config
 
 from conda_store_server.app import CondaStore
@@ -29,6 +30,7 @@ from conda_store_server.exception import CondaStoreError, http_status
 from conda_store_server.limits import MAX_BODY_BYTES
 from conda_store_server.server import auth
 from conda_store_server.server.api.listing import DEPRECATION_HEADERS
+from conda_store_server.server.docs import add_docs
 from conda_store_server.server.middleware import RequestGuard
 from conda_store_server.server.schema import Login
 from conda_store_server.service import ensure_default_namespace
@@ -69,7 +71,7 @@ class CondaStoreServer(BaseApplication):
     enable_ui = Bool(
         True,
         config=True,
-        help="Serve the browser UI (conda-store's React app, fetched by scripts/fetch-ui) under "
+        help="Serve the browser UI (conda-store's React app, installed with the package) under "
         "{url_prefix}/ui, and redirect / there; login and logout are served either way.",
     )
     enable_api = Bool(True, config=True, help="Serve the REST API under {url_prefix}/api/v1.")
@@ -108,6 +110,15 @@ class CondaStoreServer(BaseApplication):
         False,
         config=True,
         help="Trust X-Forwarded-* headers (only behind a reverse proxy that sets them).",
+    )
+    template = Instance(
+        Jinja2Templates,
+        allow_none=True,
+        config=True,
+        help="Initialized fastapi.templating.Jinja2Templates to use for the HTML pages under "
+        "{url_prefix}/admin instead of ours, e.g. Jinja2Templates(directory='/etc/conda-store/"
+        "templates'); it must hold templates of the same names (see conda_store_server/server/"
+        "templates). Default None: ours.",
     )
     template_vars = Dict({}, config=True, help="Extra variables for the HTML templates.")
     additional_routes = List(
@@ -330,12 +341,8 @@ def create_app(
     from conda_store_server.server.api import routers
 
     prefix = "" if server.url_prefix == "/" else server.url_prefix
-    app = FastAPI(
-        title="conda-store",
-        docs_url=f"{prefix}/docs",
-        redoc_url=f"{prefix}/redoc",
-        openapi_url=f"{prefix}/openapi.json",
-    )
+    app = FastAPI(title="conda-store", docs_url=None, redoc_url=None, openapi_url=f"{prefix}/openapi.json")
+    add_docs(app, prefix, app.openapi_url, app.title)  # FastAPI's pages, with our copies of their assets
     app.state.conda_store = conda_store
     app.state.authentication = authentication
     app.state.server = server
@@ -377,9 +384,11 @@ def create_app(
         app.include_router(metrics_router(conda_store), prefix=prefix)
 
     if server.enable_ui:
+        from conda_store_server.server.admin import admin_router
         from conda_store_server.server.ui import static_files, ui_router
 
         app.include_router(ui_router(prefix))
+        app.include_router(admin_router(), prefix=prefix)
         app.mount(f"{prefix}/static", static_files(), name="static")
 
     if isinstance(authentication, auth.GenericOAuthAuthentication):

@@ -1,12 +1,15 @@
-"""The browser UI: conda-store's React app (fetched by `scripts/fetch-ui`) in a page of ours.
+"""The browser UI: conda-store's React app (installed by the package build) in a page of ours.
 
 The page only tells the app where the API, login and logout are; everything else is the app
-talking to the API. Without the bundle the server still runs, and /ui/ says how to get it.
+talking to the API. Without the bundle (an install that could not reach the npm registry) the
+server still runs, and /ui/ says how to add it (`ui_bundle`'s command).
 """
 
 from __future__ import annotations
 
+import html
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -14,8 +17,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
+from conda_store_server.server import ui_bundle
+
+log = logging.getLogger(__name__)
+
 STATIC_DIRECTORY = Path(__file__).parent / "static"
-BUNDLE_DIRECTORY = STATIC_DIRECTORY / "conda-store-ui"
+BUNDLE_DIRECTORY = ui_bundle.BUNDLE_DIRECTORY
 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>conda-store</title>
@@ -29,13 +36,23 @@ PAGE = """<!DOCTYPE html>
 MISSING = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>conda-store</title></head><body>
 <h1>The browser UI is not installed</h1>
-<p>The REST API works without it. To add the UI, run <code>scripts/fetch-ui</code> from the
-repository (it fetches <code>@conda-store/conda-store-ui</code> with npm), then reload.</p>
+<p>The REST API works without it. The package's install could not fetch
+<code>@conda-store/conda-store-ui</code> {version} from the npm registry. To add it, run</p>
+<pre>{command}</pre>
+<p>with the Python that conda-store-server is installed in (it downloads the UI, checks it against
+its pinned hash and puts it into the installed package; set <code>https_proxy</code> if the registry
+is reached through a proxy), then reload this page.</p>
 </body></html>
 """
 
 
+def missing_page() -> str:
+    """The 503 page: what is missing and the command that adds it."""
+    return MISSING.format(version=ui_bundle.VERSION, command=html.escape(ui_bundle.FETCH_COMMAND))
+
+
 def page_config(request: Request, prefix: str) -> dict[str, str]:
+    """The app's settings (it reads `condaStoreConfig`): URLs of this server, cookie login."""
     base = str(request.base_url).rstrip("/") + prefix
     return {
         "REACT_APP_CONTEXT": "single-page-app",
@@ -53,7 +70,14 @@ def page_config(request: Request, prefix: str) -> dict[str, str]:
 
 
 def ui_router(prefix: str) -> APIRouter:
+    """/ and {prefix}/ lead to the UI; {prefix}/ui/... is the app's page, whatever its route."""
     router = APIRouter(include_in_schema=False)
+    if not (BUNDLE_DIRECTORY / "main.js").is_file():
+        log.warning(
+            "the browser UI is not installed (%s has no main.js): /ui/ answers 503; add it with: %s",
+            BUNDLE_DIRECTORY,
+            ui_bundle.FETCH_COMMAND,
+        )
 
     @router.get("/")
     def root() -> RedirectResponse:
@@ -70,7 +94,7 @@ def ui_router(prefix: str) -> APIRouter:
     @router.get(f"{prefix}/ui/{{path:path}}")
     def ui_page(request: Request, path: str = "") -> HTMLResponse:
         if not (BUNDLE_DIRECTORY / "main.js").is_file():
-            return HTMLResponse(MISSING, status_code=503)
+            return HTMLResponse(missing_page(), status_code=503)
         # `<` escaped: the configuration cannot close the script element
         config = json.dumps(page_config(request, prefix)).replace("<", "\\u003c")
         status = 404 if path.rstrip("/").endswith("not-found") else 200

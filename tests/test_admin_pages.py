@@ -12,7 +12,7 @@ from typing import Any
 
 import jinja2
 import pytest
-from conftest import login, submit, wait_for_build
+from conftest import artifact_ready, login, submit, wait_for_build
 from fastapi.templating import Jinja2Templates
 from fastapi.testclient import TestClient
 from traitlets import TraitError
@@ -107,6 +107,8 @@ def test_every_page_works_for_an_admin(client: TestClient, worker) -> None:
     assert build_page.status_code == 200
     assert f'data-api="/api/v1/build/{second}/"' in build_page.text  # what the page's script follows
     assert wait_for_build(client, second)["status"] == "COMPLETED"
+    # the archive is made after the build completes
+    assert wait_for_build(client, second, artifact_ready("CONDA_PACK"))["status"] == "COMPLETED"
 
     # the environment: its builds, the current one, its artifacts (no image: none was built)
     environment = client.get("/admin/environment/alice/pages/")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import http.server
+import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -29,9 +31,15 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture
-def static_channel(demo_channel: Path) -> Iterator[tuple[str, list[tuple[str, int]]]]:
+def static_channel(demo_channel: Path, tmp_path: Path) -> Iterator[tuple[str, list[tuple[str, int]]]]:
+    """The demo channel, its files modified just now: a cache's heuristic freshness is a tenth
+    of a file's age, so the index is revalidated within seconds, not minutes."""
+    channel = tmp_path / "channel"
+    shutil.copytree(demo_channel, channel)
+    for path in channel.rglob("*"):
+        os.utime(path)
     handler = type("Handler", (_Quiet,), {"answers": []})
-    serve = functools.partial(handler, directory=str(demo_channel))
+    serve = functools.partial(handler, directory=str(channel))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), serve)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

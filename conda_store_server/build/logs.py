@@ -13,8 +13,11 @@ an append is stored (a file append, or a part object on S3); nothing here rewrit
 from __future__ import annotations
 
 import datetime
+import fcntl
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from conda_store_server.storage import Storage
@@ -91,17 +94,24 @@ class LogShipper:
             _offset_path(path).unlink(missing_ok=True)
 
     def ship(self, build_id: int, key: str) -> int:
-        """Append the complete lines written since the last call; the number of bytes appended."""
-        with self._lock:
-            return self._ship(spool_path(self.store_directory, build_id), key, whole=False)
+        """Append the complete lines written since the last call; the number of bytes appended.
+
+        The build process calls it too, just before it records that the build ended, so that a
+        reader who sees the final status finds every line before it; a lock on the spool keeps
+        the two processes from appending the same bytes.
+        """
+        path = spool_path(self.store_directory, build_id)
+        with self._lock, _spool_lock(path):
+            return self._ship(path, key, whole=False)
 
     def finish(self, build_id: int, key: str) -> int:
         """Ship everything left (a last line cut short by a kill included) and drop the spool."""
-        with self._lock:
-            path = spool_path(self.store_directory, build_id)
+        path = spool_path(self.store_directory, build_id)
+        with self._lock, _spool_lock(path) as lock_path:
             shipped = self._ship(path, key, whole=True)
             path.unlink(missing_ok=True)
             _offset_path(path).unlink(missing_ok=True)
+            lock_path.unlink(missing_ok=True)  # the build process has ended: no one waits on it
             return shipped
 
     def _ship(self, path: Path, key: str, whole: bool) -> int:
@@ -130,6 +140,19 @@ class LogShipper:
             total += len(payload)
             if not full:
                 return total
+
+
+@contextmanager
+def _spool_lock(path: Path) -> Iterator[Path]:
+    """An exclusive lock on a spool, between the build process and its supervisor."""
+    lock_path = path.with_name(path.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield lock_path
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _offset_path(path: Path) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import os
 import shutil
 import time
@@ -30,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from conda_store_server.build import artifacts, install, lockfile, pip, pip_solve, solve
 from conda_store_server.build.keys import artifact_key, build_key, identity_of
-from conda_store_server.build.logs import BuildLog, spool_path
+from conda_store_server.build.logs import BuildLog, LogShipper, spool_path
 from conda_store_server.build.permissions import apply_ownership
 from conda_store_server.db.models import (
     Build,
@@ -59,6 +60,8 @@ from conda_store_server.specification import SpecificationPolicy, normalize_chan
 
 if TYPE_CHECKING:
     from conda_store_server.app import CondaStore
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -109,10 +112,12 @@ def _run_build(conda_store: CondaStore, build_id: int, log: BuildLog) -> BuildSt
     except BuildFailure as failure:
         reason = mask_credentials(failure.reason)
         log.write(f"build failed: {reason}")
+        ship_log(conda_store, plan)
         _mark_failed(conda_store, plan.build_id, reason)
         return BuildStatus.FAILED
     except Exception as error:
         log.write(mask_credentials(traceback.format_exc()))
+        ship_log(conda_store, plan)
         _mark_failed(conda_store, plan.build_id, mask_credentials(f"internal error: {error!r}"))
         return BuildStatus.FAILED
     log.write(f"build {build_id} finished in {time.monotonic() - started:.2f} s")
@@ -533,8 +538,21 @@ def _record_packages(
     build.package_builds = [package_builds[key] for key in wanted_builds]
 
 
+def ship_log(conda_store: CondaStore, plan: BuildPlan) -> None:
+    """Hand the log written so far to storage before the build is seen to end: whoever reads it
+    after the status changes finds every line before the change. Its supervisor ships the rest
+    (a storage failure here leaves the lines to it)."""
+    try:
+        LogShipper(conda_store.storage, conda_store.store_directory).ship(
+            plan.build_id, artifact_key("logs", plan.key)
+        )
+    except Exception:  # noqa: BLE001 - the supervisor ships them later; the build's outcome stands
+        logger.exception("the log of build %s could not be shipped before it ended", plan.build_id)
+
+
 def _complete(conda_store: CondaStore, plan: BuildPlan, size: int, log: BuildLog) -> None:
     """COMPLETED, and the environment's current build: the last build to complete wins."""
+    ship_log(conda_store, plan)
     with conda_store.session() as session:
         result = session.execute(
             update(Build)

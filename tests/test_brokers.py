@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import time
 from typing import Any
 
@@ -23,7 +22,6 @@ from slow_channel import SlowChannel
 
 from conda_store_server.app import CondaStore
 from conda_store_server.worker.queue import build_task_id
-from conda_store_server.worker.supervisor import UNANNOUNCED_AFTER_SECONDS
 
 BROKERS: dict[str, dict[str, str]] = {
     "redis": {"redis_url": REDIS_URL},
@@ -67,12 +65,6 @@ def queue(conda_store, broker):
     return app
 
 
-def announced_promptly(build: dict[str, Any]) -> bool:
-    scheduled = datetime.datetime.fromisoformat(build["scheduled_on"])
-    started = datetime.datetime.fromisoformat(build["started_on"])
-    return (started - scheduled).total_seconds() < UNANNOUNCED_AFTER_SECONDS / 2
-
-
 def test_builds_travel_through_the_broker(client, queue, config_file, tmp_path) -> None:
     login(client)
     worker = WorkerProcess(config_file, tmp_path / "worker.log").start("--concurrency=2")
@@ -82,10 +74,11 @@ def test_builds_travel_through_the_broker(client, queue, config_file, tmp_path) 
         for build_id in build_ids:
             build = wait_for_build(client, build_id)
             assert build["status"] == "COMPLETED", build
-            # started by the task, not by the database fallback for lost messages
-            assert announced_promptly(build), build
+            # started by the task (which answers "not started: ..." when another claim won), not
+            # by the database fallback for lost messages
             result = AsyncResult(build_task_id(build_id), app=queue)
             assert result.get(timeout=30) == "COMPLETED"
+            assert f"build {build_id} had waited" not in worker.output()
             builds.append(build)
         # two build processes ran at once, installing from the one shared package cache
         first, second = builds[0], builds[1]

@@ -128,8 +128,9 @@ def test_the_app_works_in_a_browser(conda_store, store_settings, worker, tmp_pat
             status = page.get_by_test_id("build-status")
             expect(status).to_contain_text("Completed", timeout=180_000)
             statuses = page.evaluate("window.__statuses")
+            # the demo build may end before the page first renders, so the earlier statuses are
+            # not asserted here; tests/test_admin_browser.py follows a slow build live
             assert statuses[-1] == "Status: Completed", statuses
-            assert any(text in ("Status: Queued", "Status: Building") for text in statuses[:-1]), statuses
             expect(page.get_by_text("made in Chromium")).to_be_visible()
 
             # its packages: what was asked for and what the solve installed

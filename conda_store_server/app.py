@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import posixpath
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -367,6 +368,20 @@ class CondaStore(LoggingConfigurable):
         help="Base image of container images built from environments (glibc-based), or a callable "
         "taking the build and returning one.",
     )
+    container_image_prefix = Unicode(
+        "/opt/conda",
+        config=True,
+        help="Where every environment lives inside its container image, e.g. '/opt/conda'. One path "
+        "for all images lets images share their packages' layers (conda environments cannot be "
+        "moved, so files that embed the prefix are written for this path). PATH starts with its "
+        "bin and CONDA_PREFIX names it.",
+    )
+    container_image_max_layers = Integer(
+        100,
+        config=True,
+        help="Most layers an image may have, base image included. Each package gets a layer of "
+        "its own while they fit; beyond that, packages share layers by a stable rule.",
+    )
     serialize_builds = Bool(True, config=True, help="DEPRECATED: no longer has any effect.")
     post_update_environment_build_hook = CallableTrait(
         None,
@@ -457,6 +472,29 @@ class CondaStore(LoggingConfigurable):
                     f"c.CondaStore.default_permissions: {value!r} is not an octal mode such as '775'"
                 )
         return value
+
+    @validate("container_image_prefix")
+    def _check_container_image_prefix(self, proposal: dict[str, Any]) -> str:
+        value = proposal["value"]
+        normalized = posixpath.normpath(value) if value else ""
+        # prefix placeholders in packages are 255 bytes; a longer prefix cannot replace them
+        if not normalized.startswith("/") or normalized == "/" or len(normalized) > 200 or any(
+            character.isspace() or character == ":" for character in normalized
+        ):
+            raise TraitError(
+                f"c.CondaStore.container_image_prefix: {value!r} must be an absolute path below / "
+                "without spaces or ':' and at most 200 characters, such as '/opt/conda'"
+            )
+        return normalized
+
+    @validate("container_image_max_layers")
+    def _check_container_image_max_layers(self, proposal: dict[str, Any]) -> int:
+        if not 2 <= proposal["value"] <= 127:
+            raise TraitError(
+                "c.CondaStore.container_image_max_layers must be between 2 and 127 (the most "
+                "layers an overlay filesystem mounts)"
+            )
+        return proposal["value"]
 
     @validate("conda_max_solve_time", "build_timeout")
     def _check_positive_seconds(self, proposal: dict[str, Any]) -> int:

@@ -53,6 +53,7 @@ from conda_store_server.fetch_policy import (
     check_pip_index_urls,
     check_resolved_pip_urls,
 )
+from conda_store_server.images.step import make_image
 from conda_store_server.redact import mask_credentials
 from conda_store_server.service import get_build, link_current_build, prefix_of, run_post_update_hook
 from conda_store_server.settings import Settings, get_settings
@@ -188,7 +189,7 @@ def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
     _complete(conda_store, plan, size, log)
     # a git package has no version an index could find: it is pinned to its commit instead
     pins = [p.requirement if p.is_git else f"{p.name}=={p.version}" for p in locked_pip]
-    _make_artifacts(conda_store, plan, channels, pins, log)
+    _make_artifacts(conda_store, plan, channels, pins, records_by_platform, log)
 
 
 def _store_lockfile(conda_store: CondaStore, plan: BuildPlan, lock: dict[str, Any]) -> None:
@@ -576,7 +577,12 @@ def _complete(conda_store: CondaStore, plan: BuildPlan, size: int, log: BuildLog
 
 
 def _make_artifacts(
-    conda_store: CondaStore, plan: BuildPlan, channels: list[str], pip_pins: list[str], log: BuildLog
+    conda_store: CondaStore,
+    plan: BuildPlan,
+    channels: list[str],
+    pip_pins: list[str],
+    records_by_platform: dict[str, list[rattler.RepoDataRecord]],
+    log: BuildLog,
 ) -> None:
     """Artifacts after COMPLETED (as the original): a failure here is logged, the env stays usable."""
     wanted = plan.settings.build_artifacts
@@ -603,8 +609,10 @@ def _make_artifacts(
             log.write(f"conda-pack archive stored in {time.monotonic() - started:.2f} s")
         except Exception as error:
             log.write(f"conda-pack archive failed: {error}")
-    for unavailable in sorted(set(wanted) & {"DOCKER_MANIFEST", "CONSTRUCTOR_INSTALLER"}):
-        log.write(f"{unavailable} artifacts are not built by this server yet; skipped")
+    if "DOCKER_MANIFEST" in wanted:
+        make_image(conda_store, plan.build_id, plan.key, plan.prefix, records_by_platform, log.write)
+    if "CONSTRUCTOR_INSTALLER" in wanted:
+        log.write("CONSTRUCTOR_INSTALLER artifacts are not built by this server yet; skipped")
 
 
 def _finish(session: Session, build_id: int, status: BuildStatus, reason: str | None) -> bool:

@@ -192,6 +192,8 @@ class Build(Base):
 
 class BuildArtifact(Base):
     __tablename__ = "build_artifact"
+    # The registry finds which builds reference a blob by its key (`docker/blobs/<digest>`).
+    __table_args__ = (Index("ix_build_artifact_key", "key"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     build_id: Mapped[int] = mapped_column(ForeignKey("build.id"))

@@ -78,8 +78,9 @@ class CondaStoreServer(BaseApplication):
     enable_registry = Bool(
         False,
         config=True,
-        help="Serve the docker registry read side at /v2 (container images are not built by "
-        "this release yet).",
+        help="Serve the docker registry read side (pull, HEAD, tags/list) at /v2, outside "
+        "url_prefix, for the images builds make when build_artifacts includes DOCKER_MANIFEST; "
+        "/v2/conda-store-dynamic/<spec>/... builds an image on demand.",
     )
     enable_metrics = Bool(
         True,
@@ -378,6 +379,10 @@ def create_app(
         for router in routers():
             app.include_router(router, prefix=prefix)
         app.include_router(celery_router(prefix))
+    if server.enable_registry:
+        from conda_store_server.server.registry_v2 import registry_router
+
+        app.include_router(registry_router())  # at the root: registry clients know no prefix
     if server.enable_metrics:
         from conda_store_server.server.metrics import metrics_router
 

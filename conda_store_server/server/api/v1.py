@@ -18,6 +18,7 @@ from conda_store_server.app import CondaStore
 from conda_store_server.build.keys import build_key, identity_of
 from conda_store_server.db.models import BuildArtifactType, Namespace
 from conda_store_server.exception import NotFoundError
+from conda_store_server.images.builder import image_failure
 from conda_store_server.server.api.listing import DEPRECATION_HEADERS
 from conda_store_server.server.api.logs import log_response
 from conda_store_server.server.auth import Permissions
@@ -339,7 +340,9 @@ def api_build_docker(
     """The image reference of a build's container image (deprecated upstream, kept for clients)."""
     build = _readable_build(session, caller, build_id)
     if not any(a.artifact_type == BuildArtifactType.DOCKER_MANIFEST for a in build.build_artifacts):
-        raise HTTPException(400, f"Build {build_id} doesn't have a docker manifest")
+        why = image_failure(request.app.state.conda_store.storage, build_key(identity_of(build)))
+        reason = f": {why}" if why else ""
+        raise HTTPException(400, f"Build {build_id} doesn't have a docker manifest{reason}")
     environment = build.environment
     registry = request.app.state.server.registry_external_url
     reference = f"{registry}/{environment.namespace.name}/{environment.name}:{build_key(identity_of(build))}"

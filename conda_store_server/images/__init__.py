@@ -1,0 +1,1 @@
+"""OCI images: layers from packages, base-image pull, the image writer, push."""

@@ -1,0 +1,187 @@
+"""What goes into an image's layers: one unit per conda package and per pip distribution.
+
+The environment is installed a second time for the image, into scratch space but with its
+files rewritten for the image's own prefix (rattler's alternative target prefix), so a package's
+files are the same for every environment on every worker: that is what lets images share layers.
+Pip distributions are taken from the built environment, with the build's prefix (script
+shebangs) rewritten and their RECORD hashes made true again.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conda_store_server.images.layers import LayerFile
+from conda_store_server.redact import mask_credentials
+
+# Changes whenever the bytes a unit's layer holds would change for the same input, so cached
+# layer digests from an earlier release are never reused for different content.
+LAYER_FORMAT = "conda-store-layer-1"
+# conda-meta fields that name this worker's package cache: meaningless inside an image.
+_WORKER_FIELDS = ("extracted_package_dir", "package_tarball_full_path", "link")
+
+
+@dataclass
+class Unit:
+    """Files that travel together: a package, a pip distribution, or the environment's own.
+
+    `key` identifies the layer content without reading the files when it can (a conda
+    package's checksum and paths); two units with one key give one layer."""
+
+    name: str
+    package: str
+    key: str
+    files: list[LayerFile] = field(default_factory=list)
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps([LAYER_FORMAT, *parts], sort_keys=True).encode()).hexdigest()
+
+
+def _conda_records(prefix: Path) -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted(prefix.glob("conda-meta/*.json"))]
+
+
+def _in_image(image_prefix: str, relative: str) -> str:
+    return f"{image_prefix.rstrip('/')}/{relative}"
+
+
+def conda_units(prefix: Path, image_prefix: str) -> list[Unit]:
+    """One unit per installed conda package, keyed by its checksum and the paths it installed
+    (a noarch:python package lands under the environment's python version)."""
+    units = []
+    for record in _conda_records(prefix):
+        paths = sorted(entry["_path"] for entry in record.get("paths_data", {}).get("paths", []))
+        if not paths:
+            paths = sorted(record.get("files", []))
+        identity = record.get("sha256") or record.get("md5") or mask_credentials(record.get("url", ""))
+        unit = Unit(
+            name=f"{record['name']}-{record['version']}-{record['build']}",
+            package=record["name"],
+            key=_digest("conda", image_prefix, identity, paths),
+        )
+        unit.files = [LayerFile(_in_image(image_prefix, path), prefix / path) for path in paths]
+        units.append(unit)
+    return units
+
+
+def owned_by_conda(prefix: Path) -> set[str]:
+    return {path for record in _conda_records(prefix) for path in record.get("files", [])}
+
+
+def environment_unit(prefix: Path, image_prefix: str) -> Unit:
+    """conda-meta, as the image's own: without this worker's cache paths or URL credentials."""
+    files = []
+    for path in sorted(prefix.glob("conda-meta/*")):
+        relative = f"conda-meta/{path.name}"
+        if path.suffix == ".json":
+            record = json.loads(path.read_text())
+            for name in _WORKER_FIELDS:
+                record.pop(name, None)
+            for name in ("url", "channel"):
+                if isinstance(record.get(name), str):
+                    record[name] = mask_credentials(record[name])
+            content = json.dumps(record, indent=2, sort_keys=True).encode()
+            files.append(LayerFile(_in_image(image_prefix, relative), path, content))
+        elif path.is_file():
+            files.append(LayerFile(_in_image(image_prefix, relative), path))
+    key = _digest(
+        "environment",
+        [(f.path, hashlib.sha256(f.content or f.source.read_bytes()).hexdigest()) for f in files],
+    )
+    return Unit(name="conda-meta", package="conda-meta", key=key, files=files)
+
+
+def pip_units(prefix: Path, image_prefix: str, conda_owned: set[str]) -> list[Unit]:
+    """One unit per distribution that pip (uv, or a wheel installer) put into `prefix`: the
+    `*.dist-info` directories no conda package owns."""
+    units = []
+    for dist_info in sorted(prefix.glob("lib/python*/site-packages/*.dist-info")):
+        site_packages = dist_info.parent
+        if dist_info.relative_to(prefix).joinpath("RECORD").as_posix() in conda_owned:
+            continue
+        record_path = dist_info / "RECORD"
+        if not record_path.is_file():
+            continue
+        units.append(_pip_unit(prefix, site_packages, dist_info, image_prefix))
+    return units
+
+
+def _pip_unit(prefix: Path, site_packages: Path, dist_info: Path, image_prefix: str) -> Unit:
+    old_prefix = os.fsencode(str(prefix))
+    new_prefix = os.fsencode(image_prefix)
+    record_relative = dist_info.relative_to(site_packages).joinpath("RECORD").as_posix()
+    rows = list(csv.reader(io.StringIO((dist_info / "RECORD").read_text())))
+    root = os.path.realpath(prefix)
+    files: list[LayerFile] = []
+    fingerprint = []
+    new_rows = []
+    for row in rows:
+        if not row:
+            continue
+        path = os.path.normpath(os.path.join(site_packages, row[0]))
+        relative = os.path.relpath(path, prefix)
+        if relative.startswith("..") or not os.path.lexists(path):
+            new_rows.append(row)
+            continue
+        if row[0] == record_relative or not os.path.realpath(os.path.dirname(path)).startswith(root):
+            new_rows.append(row)
+            continue
+        source = Path(path)
+        content = None
+        if not source.is_symlink():
+            data = source.read_bytes()
+            if old_prefix in data and b"\0" not in data:
+                content = data.replace(old_prefix, new_prefix)
+                row = [row[0], _record_hash(content), str(len(content))]
+            fingerprint.append(
+                (relative, hashlib.sha256(content or data).hexdigest(), os.access(path, os.X_OK))
+            )
+        else:
+            fingerprint.append((relative, os.readlink(path), False))
+        new_rows.append(row)
+        files.append(LayerFile(_in_image(image_prefix, relative), source, content))
+    record_text = io.StringIO()
+    csv.writer(record_text, lineterminator="\n").writerows(new_rows)
+    record_content = record_text.getvalue().encode()
+    record_source = dist_info / "RECORD"
+    files.append(
+        LayerFile(
+            _in_image(image_prefix, record_source.relative_to(prefix).as_posix()),
+            record_source,
+            record_content,
+        )
+    )
+    fingerprint.append(("RECORD", hashlib.sha256(record_content).hexdigest(), False))
+    name = dist_info.name.removesuffix(".dist-info")
+    return Unit(
+        name=f"pip:{name}",
+        package=f"pip:{name.rsplit('-', 1)[0].lower()}",
+        key=_digest("pip", image_prefix, sorted(fingerprint)),
+        files=files,
+    )
+
+
+def _record_hash(content: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(content).digest()).rstrip(b"=").decode()
+    return f"sha256={digest}"
+
+
+def group_units(units: Iterable[Unit], budget: int) -> list[list[Unit]]:
+    """One layer per unit while they fit the budget; beyond it, units share layers by a stable
+    rule (a hash of the unit's name), so a changed package still rewrites only its group."""
+    units = sorted(units, key=lambda unit: unit.name)
+    if len(units) <= budget:
+        return [[unit] for unit in units]
+    groups: list[list[Unit]] = [[] for _ in range(max(budget, 1))]
+    for unit in units:
+        groups[int(hashlib.sha256(unit.package.encode()).hexdigest()[:8], 16) % len(groups)].append(unit)
+    return [group for group in groups if group]

@@ -1,0 +1,294 @@
+"""Container images of real builds: pulled by skopeo from our /v2/, unpacked by umoci, run in a
+chroot; layers shared between environments; pushes to a real distribution registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import IN_CI, artifact_ready, login, submit, wait_for_build
+from live import live_server
+
+from conda_store_server.testing.registry import OS_RELEASE_MARKER, DistributionRegistry, make_base_image
+
+SPEC = """
+name: tools
+dependencies:
+  - hello-tool
+  - hello-py
+  - libprefix
+"""
+
+
+def _program_files(program: str) -> dict[str, bytes]:
+    """A host program and the libraries `ldd` names, for the base image's root filesystem."""
+    files = {program: Path(program).resolve().read_bytes()}
+    listing = subprocess.run(["ldd", program], capture_output=True, text=True, check=True).stdout
+    for line in listing.splitlines():
+        path = line.split("=>")[-1].strip().split(" ")[0]
+        if path.startswith("/"):
+            files[path] = Path(path).resolve().read_bytes()
+    return files
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+    if found is None:
+        if IN_CI:
+            pytest.fail(f"{name} is not installed; .ci/run installs it with apt-get")
+        pytest.skip(f"{name} is not installed")
+    return found
+
+
+@pytest.fixture
+def base_registry() -> Iterator[DistributionRegistry]:
+    with DistributionRegistry() as registry:
+        make_base_image(
+            registry.url,
+            "library/tiny",
+            "1",
+            platforms=(("linux", "amd64"), ("linux", "arm64")),
+            extra_files=_program_files("/bin/sed"),
+        )
+        yield registry
+
+
+@pytest.fixture
+def store_settings(
+    store_settings: dict[str, dict[str, Any]],
+    base_registry: DistributionRegistry,
+    request: pytest.FixtureRequest,
+) -> dict[str, dict[str, Any]]:
+    host = "127.0.0.1:9" if "unreachable_base" in request.node.name else base_registry.host
+    store_settings["CondaStore"]["build_artifacts"] = ["LOCKFILE", "YAML", "DOCKER_MANIFEST"]
+    store_settings["CondaStore"]["default_docker_base_image"] = f"{host}/library/tiny:1"
+    return store_settings
+
+
+@pytest.fixture
+def server_settings() -> dict[str, Any]:
+    return {"enable_registry": True, "registry_external_url": "localhost:8080"}
+
+
+def _image_build(client, specification: str = SPEC, namespace: str | None = None) -> dict[str, Any]:
+    build_id = submit(client, specification, namespace)
+    build = wait_for_build(client, build_id, artifact_ready("DOCKER_MANIFEST"), timeout=180)
+    assert any(a["artifact_type"] == "DOCKER_MANIFEST" for a in build["build_artifacts"]), client.get(
+        f"/api/v1/build/{build_id}/logs/"
+    ).text
+    return build
+
+
+def _manifest(client, name: str, reference: str) -> dict[str, Any]:
+    response = client.get(f"/v2/{name}/manifests/{reference}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _layer_digests(client, name: str, reference: str) -> list[str]:
+    manifest = _manifest(client, name, reference)
+    if "manifests" in manifest:
+        amd64 = next(m for m in manifest["manifests"] if m["platform"]["architecture"] == "amd64")
+        manifest = _manifest(client, name, amd64["digest"])
+    return [layer["digest"] for layer in manifest["layers"]]
+
+
+def _token(client) -> str:
+    response = client.post("/api/v1/token/", json={})
+    assert response.status_code == 200, response.text
+    return response.json()["data"]["token"]
+
+
+def _skopeo_pull(url: str, name: str, reference: str, layout: Path, token: str | None, *extra: str) -> None:
+    host = url.removeprefix("http://")
+    command = [_tool("skopeo"), "copy", "--src-tls-verify=false", *extra]
+    if token:
+        command += ["--src-creds", f"alice:{token}"]
+    command += [f"docker://{host}/{name}:{reference}", f"oci:{layout}:{reference}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def _unpack(layout: Path, reference: str, bundle: Path) -> Path:
+    result = subprocess.run(
+        [_tool("umoci"), "unpack", "--rootless", "--image", f"{layout}:{reference}", str(bundle)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return bundle / "rootfs"
+
+
+def test_image_of_a_build_runs_its_programs(
+    client, worker, conda_store, store_settings, server_settings, tmp_path: Path
+) -> None:
+    login(client)
+    build = _image_build(client)
+    deadline = time.monotonic() + 15  # the log's last lines are shipped within a second
+    while "container image stored" not in (log := client.get(f"/api/v1/build/{build['id']}/logs/").text):
+        assert time.monotonic() < deadline, log
+        time.sleep(0.2)
+    docker = client.get(f"/api/v1/build/{build['id']}/docker/")
+    assert docker.status_code == 200
+    tag = docker.text.rsplit(":", 1)[1]
+    assert docker.text == f"localhost:8080/alice/tools:{tag}"
+
+    manifest = _manifest(client, "alice/tools", "latest")
+    assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    # one layer per package after the base's two, and the environment's own on top
+    packages = {
+        p["name"]
+        for p in client.get(f"/api/v1/build/{build['id']}/packages/", params={"size": 100}).json()["data"]
+    }
+    assert len(manifest["layers"]) == 2 + len(packages) + 1
+
+    token = _token(client)
+    with live_server(conda_store, store_settings, server_settings) as url:
+        _skopeo_pull(url, "alice/tools", tag, tmp_path / "layout", token)
+        refused = subprocess.run(
+            [
+                _tool("skopeo"),
+                "inspect",
+                "--tls-verify=false",
+                f"docker://{url.removeprefix('http://')}/alice/tools:latest",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert refused.returncode != 0 and "unauthorized" in refused.stderr.lower(), refused.stderr
+
+    rootfs = _unpack(tmp_path / "layout", tag, tmp_path / "bundle")
+    assert OS_RELEASE_MARKER in (rootfs / "etc/os-release").read_text()  # the base image's files
+    assert (rootfs / "opt/conda/etc/hello.conf").read_text().count("/opt/conda") >= 1
+    data = (rootfs / "opt/conda/lib/libprefix.dat").read_bytes()
+    assert b"/opt/conda/share/libprefix\0" in data and b"placehold" not in data
+    assert conda_store.store_directory.encode() not in data
+
+    config = json.loads((tmp_path / "bundle/config.json").read_text())
+    environment = config["process"]["env"]
+    assert "CONDA_PREFIX=/opt/conda" in environment
+    assert next(e for e in environment if e.startswith("PATH=")).startswith("PATH=/opt/conda/bin:")
+    image_config = _image_config(tmp_path / "layout", tag)
+    labels = image_config["config"]["Labels"]
+    assert labels["org.conda-store.namespace"] == "alice"
+    assert labels["org.conda-store.environment"] == "tools"
+    assert labels["org.conda-store.build-id"] == str(build["id"])
+
+    if os.geteuid() != 0:
+        pytest.skip("running the environment's program in the image needs chroot (root)")
+    ran = subprocess.run(
+        [_tool("chroot"), str(rootfs), "/opt/conda/bin/hello-tool"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/opt/conda/bin:/usr/bin:/bin"},
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "hello-tool 1.0.0 says hello from /opt/conda", ran.stdout
+
+
+def _image_config(layout: Path, reference: str) -> dict[str, Any]:
+    index = json.loads((layout / "index.json").read_text())
+    entry = next(
+        m for m in index["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == reference
+    )
+    manifest = json.loads((layout / "blobs/sha256" / entry["digest"].split(":")[1]).read_text())
+    return json.loads((layout / "blobs/sha256" / manifest["config"]["digest"].split(":")[1]).read_text())
+
+
+def _package_layers(client, name: str, reference: str) -> list[str]:
+    """The layers of the environment's packages: neither the base's two nor the top one."""
+    return _layer_digests(client, name, reference)[2:-1]
+
+
+def test_images_share_package_layers_and_a_lockfile_gives_the_same_layers(
+    client, worker, conda_store
+) -> None:
+    login(client)
+    first = _image_build(client)
+    _image_build(client, "name: other\ndependencies: [hello-tool, tinylib]\n")
+    shared = set(_package_layers(client, "alice/tools", "latest")) & set(
+        _package_layers(client, "alice/other", "latest")
+    )
+    assert len(shared) == 4  # hello-tool, hello-config, python, tinylib: one blob each, in both images
+
+    lock = json.loads(client.get(f"/api/v1/build/{first['id']}/lockfile/").content)
+    body = {"specification": json.dumps(lock), "is_lockfile": True, "environment_name": "again"}
+    response = client.post("/api/v1/specification/", json=body)
+    assert response.status_code == 200, response.text
+    wait_for_build(
+        client, response.json()["data"]["build_id"], artifact_ready("DOCKER_MANIFEST"), timeout=180
+    )
+    assert _package_layers(client, "alice/again", "latest") == _package_layers(
+        client, "alice/tools", "latest"
+    )
+
+    # the image of one build, made again, is the same image and writes nothing new
+    from conda_store_server.build.keys import build_key, identity_of
+    from conda_store_server.build.lockfile import from_conda_lock
+    from conda_store_server.images.step import make_image
+    from conda_store_server.service import get_build, prefix_of
+
+    with conda_store.session() as session:
+        build = get_build(session, first["id"])
+        key, prefix = build_key(identity_of(build)), prefix_of(conda_store, build)
+    lines: list[str] = []
+    again = make_image(conda_store, first["id"], key, prefix, from_conda_lock(lock), lines.append)
+    assert again is not None, lines
+    assert again.digest == _manifest_digest(client, "alice/tools", str(first["id"]))
+    assert again.bytes_written == 0, lines
+
+
+def _manifest_digest(client, name: str, reference: str) -> str:
+    response = client.head(f"/v2/{name}/manifests/{reference}")
+    assert response.status_code == 200, response.text
+    return response.headers["Docker-Content-Digest"]
+
+
+def test_an_unreachable_base_image_leaves_the_build_completed_and_says_why(
+    client, worker, store_settings
+) -> None:
+    login(client)
+    build_id = submit(client, "name: nobase\ndependencies: [hello-tool]\n")
+    build = wait_for_build(client, build_id, lambda b: b["status"] != "BUILDING" and b["status"] != "QUEUED")
+    assert build["status"] == "COMPLETED"
+    docker = client.get(f"/api/v1/build/{build_id}/docker/")
+    assert docker.status_code == 400
+    assert "cannot pull base image 127.0.0.1:9/library/tiny:1" in docker.text, docker.text
+    assert "container image failed" in client.get(f"/api/v1/build/{build_id}/logs/").text
+    assert client.get("/v2/alice/nobase/manifests/latest").status_code in (401, 404)
+
+
+def test_the_official_client_waits_for_the_image(
+    client, worker, conda_store, store_settings, tmp_path: Path
+) -> None:
+    """`conda-store wait ns/env --artifact docker` returns once the build has its image."""
+    from test_official_client import run_client
+
+    login(client)
+    build_id = submit(client, "name: waited\ndependencies: [hello-tool]\n")
+    with live_server(conda_store, store_settings) as url:
+        url = url.replace("127.0.0.1", "localhost")  # the client's cookie jar ignores IP hosts
+        run_client(
+            url,
+            "wait",
+            "alice/waited",
+            "--artifact",
+            "docker",
+            "--interval",
+            "1",
+            "--timeout",
+            "170",
+            home=tmp_path,
+        )
+    build = client.get(f"/api/v1/build/{build_id}/").json()["data"]
+    assert any(a["artifact_type"] == "DOCKER_MANIFEST" for a in build["build_artifacts"])

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, object_session, selectinload
 
 from conda_store_server.build.keys import (
     artifact_key,
@@ -367,6 +367,9 @@ def purge_build_files(conda_store: CondaStore, build: Build, keep: set[str]) -> 
             continue
         if artifact.artifact_type == BuildArtifactType.DIRECTORY:
             remove_prefix(conda_store, artifact.key)
+        elif artifact.artifact_type == BuildArtifactType.DOCKER_BLOB:
+            if not _blob_shared(build, artifact.key):  # images share layers: keep those still used
+                conda_store.storage.delete(artifact.key)
         else:
             conda_store.storage.delete(artifact.key)
         build.build_artifacts.remove(artifact)
@@ -376,6 +379,18 @@ def purge_build_files(conda_store: CondaStore, build: Build, keep: set[str]) -> 
         except CondaStoreError:
             pass
         build.size = 0
+
+
+def _blob_shared(build: Build, key: str) -> bool:
+    session = object_session(build)
+    return session is not None and (
+        session.scalar(
+            select(BuildArtifact.id)
+            .where(BuildArtifact.key == key, BuildArtifact.build_id != build.id)
+            .limit(1)
+        )
+        is not None
+    )
 
 
 def remove_prefix(conda_store: CondaStore, prefix: str) -> None:

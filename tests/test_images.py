@@ -247,6 +247,11 @@ def test_images_share_package_layers_and_a_lockfile_gives_the_same_layers(
     assert again.digest == _manifest_digest(client, "alice/tools", str(first["id"]))
     assert again.bytes_written == 0, lines
 
+    # deleting an environment keeps the blobs that another image still uses
+    assert client.delete("/api/v1/environment/alice/tools/").status_code == 200
+    for digest in _layer_digests(client, "alice/again", "latest"):
+        assert client.head(f"/v2/alice/again/blobs/{digest}").status_code == 200, digest
+
 
 def _manifest_digest(client, name: str, reference: str) -> str:
     response = client.head(f"/v2/{name}/manifests/{reference}")

@@ -48,7 +48,8 @@ def _install_failure(records: list[rattler.RepoDataRecord], error: Exception) ->
     )
 
 
-def _inside(path: str, root: str) -> bool:
+def inside(path: str, root: str) -> bool:
+    """`path` is `root` or below it (both normalised)."""
     return path == root or path.startswith(root + os.sep)
 
 
@@ -72,7 +73,7 @@ def check_installed_paths(prefix: str) -> int:
             parent = resolved.get(directory)
             if parent is None:
                 parent = resolved[directory] = os.path.realpath(directory)
-            if os.path.isabs(relative) or not _inside(target, root) or not _inside(parent, root):
+            if os.path.isabs(relative) or not inside(target, root) or not inside(parent, root):
                 raise BuildFailure(
                     f"Package {record.get('name')} installs {relative!r} outside the environment "
                     "prefix; the build was stopped and the package must be fixed."

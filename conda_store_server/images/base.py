@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conda_store_server.images.oci import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, blob_key
 from conda_store_server.images.reference import DOCKER_HUB, ImageReference, parse_reference
 from conda_store_server.images.registry_client import RegistryClient, RegistryError
 
@@ -26,10 +27,6 @@ if TYPE_CHECKING:
 
 __all__ = ["BaseImage", "Descriptor", "pull_base_image", "MANIFEST_TYPES", "INDEX_TYPES"]
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 #: Layer media types an OCI manifest may carry, with Docker's names mapped to OCI's (same bytes).
@@ -62,10 +59,6 @@ class BaseImage:
     config: dict[str, Any]
     layers: list[Descriptor] = field(default_factory=list)
     from_cache: bool = False
-
-
-def blob_key(digest: str) -> str:
-    return f"docker/blobs/{digest}"
 
 
 def cache_key(reference: ImageReference, platform: tuple[str, str]) -> str:

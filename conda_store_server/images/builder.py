@@ -24,28 +24,22 @@ import rattler
 from conda_store_server.images import contents
 from conda_store_server.images.base import BaseImage, pull_base_image
 from conda_store_server.images.layers import Layer, write_layer
+from conda_store_server.images.oci import (
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    blob_key,
+    canonical_json,
+    failure_key,
+    sha256_digest,
+)
 from conda_store_server.images.reference import container_platform
 
 if TYPE_CHECKING:
     from conda_store_server.storage import Storage
 
-MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
-INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
-CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LABEL_PREFIX = "org.conda-store"
-
-
-def blob_key(digest: str) -> str:
-    return f"docker/blobs/{digest}"
-
-
-def manifest_key(build_key: str) -> str:
-    return f"docker/manifest/{build_key}"
-
-
-def failure_key(build_key: str) -> str:
-    return f"docker/failure/{build_key}.txt"
 
 
 def image_failure(storage: Storage, build_key: str) -> str | None:
@@ -58,15 +52,6 @@ def image_failure(storage: Storage, build_key: str) -> str | None:
 
 def _layer_index_key(unit_key: str) -> str:
     return f"docker/layers/{unit_key}.json"
-
-
-def canonical_json(document: dict[str, Any]) -> bytes:
-    """One serialisation for one document, so equal images have equal digests."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
-
-
-def sha256_digest(content: bytes) -> str:
-    return f"sha256:{hashlib.sha256(content).hexdigest()}"
 
 
 @dataclass
@@ -133,15 +118,15 @@ class ImageWriter:
             )
         if len(manifests) == 1:
             content = manifests[0][2]
-            media_type = MANIFEST_MEDIA_TYPE
+            media_type = OCI_MANIFEST
         else:
             content = canonical_json(
                 {
                     "schemaVersion": 2,
-                    "mediaType": INDEX_MEDIA_TYPE,
+                    "mediaType": OCI_INDEX,
                     "manifests": [
                         {
-                            "mediaType": MANIFEST_MEDIA_TYPE,
+                            "mediaType": OCI_MANIFEST,
                             "digest": sha256_digest(manifest),
                             "size": len(manifest),
                             "platform": _platform_field(platform),
@@ -150,7 +135,7 @@ class ImageWriter:
                     ],
                 }
             )
-            media_type = INDEX_MEDIA_TYPE
+            media_type = OCI_INDEX
             self._store_bytes(content, media_type)
         digest = sha256_digest(content)
         blobs.add(digest)
@@ -174,12 +159,11 @@ class ImageWriter:
         base = self._base(request, (operating_system, architecture))
         prefix = self.scratch / subdir / "prefix"
         asyncio.run(self._install(request.records_by_platform[subdir], prefix, subdir, request.image_prefix))
-        conda_owned = contents.owned_by_conda(prefix)
-        units = contents.conda_units(prefix, request.image_prefix)
-        if subdir == request.host_platform:
-            units += contents.pip_units(Path(request.built_prefix), request.image_prefix, conda_owned)
-        else:
-            units += contents.pip_units(prefix, request.image_prefix, conda_owned)
+        records = contents.conda_records(prefix)
+        units = contents.conda_units(records, prefix, request.image_prefix)
+        # the worker's own platform has its pip packages installed in the build's prefix
+        pip_prefix = Path(request.built_prefix) if subdir == request.host_platform else prefix
+        units += contents.pip_units(pip_prefix, request.image_prefix, contents.owned_by_conda(records))
         budget = request.max_layers - len(base.layers) - 1
         if budget < 1:
             raise ImageFailure(
@@ -192,20 +176,15 @@ class ImageWriter:
 
         config = self._config(request, base, subdir, layers, groups)
         config_bytes = canonical_json(config)
-        self._store_bytes(config_bytes, CONFIG_MEDIA_TYPE)
+        config_digest = self._store_bytes(config_bytes, OCI_CONFIG)
         manifest = {
             "schemaVersion": 2,
-            "mediaType": MANIFEST_MEDIA_TYPE,
-            "config": {
-                "mediaType": CONFIG_MEDIA_TYPE,
-                "digest": sha256_digest(config_bytes),
-                "size": len(config_bytes),
-            },
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config_bytes)},
             "layers": [layer.as_descriptor() for layer in base.layers] + [layer for layer, _ in layers],
         }
         content = canonical_json(manifest)
-        self._store_bytes(content, MANIFEST_MEDIA_TYPE)
-        used = {sha256_digest(config_bytes), sha256_digest(content)}
+        used = {config_digest, self._store_bytes(content, OCI_MANIFEST)}
         used |= {layer.digest for layer in base.layers}
         used |= {descriptor["digest"] for descriptor, _ in layers}
         return content, used
@@ -282,11 +261,13 @@ class ImageWriter:
             self.storage.fset(key, path, "application/octet-stream")
             self.bytes_written += size
 
-    def _store_bytes(self, content: bytes, media_type: str) -> None:
-        key = blob_key(sha256_digest(content))
-        if not self.storage.exists(key):
-            self.storage.set(key, content, media_type)
+    def _store_bytes(self, content: bytes, media_type: str) -> str:
+        """Store a document as the blob of its digest (once), and return the digest."""
+        digest = sha256_digest(content)
+        if not self.storage.exists(blob_key(digest)):
+            self.storage.set(blob_key(digest), content, media_type)
             self.bytes_written += len(content)
+        return digest
 
     # ------------------------------------------------------------------ config
     def _config(

@@ -18,7 +18,9 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from conda_store_server.build.install import inside
 from conda_store_server.images.layers import LayerFile
 from conda_store_server.redact import mask_credentials
 
@@ -46,7 +48,8 @@ def _digest(*parts: object) -> str:
     return hashlib.sha256(json.dumps([LAYER_FORMAT, *parts], sort_keys=True).encode()).hexdigest()
 
 
-def _conda_records(prefix: Path) -> list[dict]:
+def conda_records(prefix: Path) -> list[dict[str, Any]]:
+    """The installed packages' records (conda-meta), read once for every use below."""
     return [json.loads(path.read_text()) for path in sorted(prefix.glob("conda-meta/*.json"))]
 
 
@@ -54,11 +57,11 @@ def _in_image(image_prefix: str, relative: str) -> str:
     return f"{image_prefix.rstrip('/')}/{relative}"
 
 
-def conda_units(prefix: Path, image_prefix: str) -> list[Unit]:
+def conda_units(records: list[dict[str, Any]], prefix: Path, image_prefix: str) -> list[Unit]:
     """One unit per installed conda package, keyed by its checksum and the paths it installed
     (a noarch:python package lands under the environment's python version)."""
     units = []
-    for record in _conda_records(prefix):
+    for record in records:
         paths = sorted(entry["_path"] for entry in record.get("paths_data", {}).get("paths", []))
         if not paths:
             paths = sorted(record.get("files", []))
@@ -73,8 +76,8 @@ def conda_units(prefix: Path, image_prefix: str) -> list[Unit]:
     return units
 
 
-def owned_by_conda(prefix: Path) -> set[str]:
-    return {path for record in _conda_records(prefix) for path in record.get("files", [])}
+def owned_by_conda(records: list[dict[str, Any]]) -> set[str]:
+    return {path for record in records for path in record.get("files", [])}
 
 
 def environment_unit(prefix: Path, image_prefix: str) -> Unit:
@@ -105,21 +108,21 @@ def pip_units(prefix: Path, image_prefix: str, conda_owned: set[str]) -> list[Un
     `*.dist-info` directories no conda package owns."""
     units = []
     for dist_info in sorted(prefix.glob("lib/python*/site-packages/*.dist-info")):
-        site_packages = dist_info.parent
-        if dist_info.relative_to(prefix).joinpath("RECORD").as_posix() in conda_owned:
-            continue
-        record_path = dist_info / "RECORD"
-        if not record_path.is_file():
-            continue
-        units.append(_pip_unit(prefix, site_packages, dist_info, image_prefix))
+        record = dist_info / "RECORD"
+        if record.relative_to(prefix).as_posix() not in conda_owned and record.is_file():
+            units.append(_pip_unit(prefix, dist_info, image_prefix))
     return units
 
 
-def _pip_unit(prefix: Path, site_packages: Path, dist_info: Path, image_prefix: str) -> Unit:
+def _pip_unit(prefix: Path, dist_info: Path, image_prefix: str) -> Unit:
+    """The files the distribution's RECORD lists, inside the prefix; RECORD itself is rewritten
+    last, with the hashes of the files whose prefix was rewritten."""
     old_prefix = os.fsencode(str(prefix))
     new_prefix = os.fsencode(image_prefix)
-    record_relative = dist_info.relative_to(site_packages).joinpath("RECORD").as_posix()
-    rows = list(csv.reader(io.StringIO((dist_info / "RECORD").read_text())))
+    site_packages = dist_info.parent
+    record_source = dist_info / "RECORD"
+    record_relative = record_source.relative_to(site_packages).as_posix()
+    rows = list(csv.reader(io.StringIO(record_source.read_text())))
     root = os.path.realpath(prefix)
     files: list[LayerFile] = []
     fingerprint = []
@@ -129,10 +132,8 @@ def _pip_unit(prefix: Path, site_packages: Path, dist_info: Path, image_prefix: 
             continue
         path = os.path.normpath(os.path.join(site_packages, row[0]))
         relative = os.path.relpath(path, prefix)
-        if relative.startswith("..") or not os.path.lexists(path):
-            new_rows.append(row)
-            continue
-        if row[0] == record_relative or not os.path.realpath(os.path.dirname(path)).startswith(root):
+        escapes = not inside(path, str(prefix)) or not inside(os.path.realpath(os.path.dirname(path)), root)
+        if row[0] == record_relative or escapes or not os.path.lexists(path):
             new_rows.append(row)
             continue
         source = Path(path)
@@ -152,7 +153,6 @@ def _pip_unit(prefix: Path, site_packages: Path, dist_info: Path, image_prefix: 
     record_text = io.StringIO()
     csv.writer(record_text, lineterminator="\n").writerows(new_rows)
     record_content = record_text.getvalue().encode()
-    record_source = dist_info / "RECORD"
     files.append(
         LayerFile(
             _in_image(image_prefix, record_source.relative_to(prefix).as_posix()),

@@ -26,6 +26,7 @@ from conda_store_server.db.models import (
     Environment,
     Namespace,
 )
+from conda_store_server.images.oci import OCI_INDEX, OCI_MANIFEST, blob_key, sha256_digest
 from conda_store_server.specification import CondaSpecification, validation_message
 
 if TYPE_CHECKING:
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
 
 #: The namespace of images made on demand from package specs in the image name.
 DYNAMIC_NAMESPACE = "conda-store-dynamic"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 #: Registries refuse larger manifests (the distribution spec's recommended limit): a digest of a
 #: layer asked for as a manifest is answered without reading the layer.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
@@ -73,11 +72,6 @@ def manifest_unknown(reference: str, detail: str) -> RegistryError:
 
 def blob_unknown(digest: str, detail: str) -> RegistryError:
     return RegistryError("BLOB_UNKNOWN", 404, f"blob {digest} is unknown", detail)
-
-
-def blob_key(digest: str) -> str:
-    """The storage key of a content-addressed blob (the image builder's convention)."""
-    return f"docker/blobs/{digest}"
 
 
 def parse_digest(text: str) -> str:
@@ -236,7 +230,7 @@ def read_manifest(conda_store: CondaStore, key: str, reference: str) -> Manifest
         if not isinstance(document, dict) or ("layers" not in document and "manifests" not in document):
             raise manifest_unknown(reference, f"{reference} is not a manifest (no mediaType)")
         media_type = OCI_INDEX if "manifests" in document else OCI_MANIFEST
-    return Manifest(content, media_type, "sha256:" + hashlib.sha256(content).hexdigest())
+    return Manifest(content, media_type, sha256_digest(content))
 
 
 def digest_manifest_key(session: Session, environment: Environment, digest: str) -> str:

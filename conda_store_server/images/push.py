@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from conda_store_server.images.registry_client import RegistryClient, RegistryError, sha256_digest
+from conda_store_server.images.oci import blob_key, sha256_digest
+from conda_store_server.images.registry_client import RegistryClient, RegistryError
 from conda_store_server.redact import mask_credentials
 
 if TYPE_CHECKING:
@@ -111,13 +112,9 @@ def _push_blobs(
         attempt(f"blob {digest}", lambda d=digest, s=source: client.upload_blob(repository, d, s))
 
 
-def _blob_key(digest: str) -> str:
-    return f"docker/blobs/{digest}"
-
-
 def _blob_source(storage: Storage, digest: str) -> Path | bytes:
     """The file behind the blob when storage is local (streamed), else its bytes."""
-    key = _blob_key(digest)
+    key = blob_key(digest)
     path = storage.local_path(key)
     if path is not None and Path(path).is_file():
         return Path(path)
@@ -125,7 +122,7 @@ def _blob_source(storage: Storage, digest: str) -> Path | bytes:
 
 
 def _blob_bytes(storage: Storage, digest: str) -> bytes:
-    key = _blob_key(digest)
+    key = blob_key(digest)
     if not storage.exists(key):
         raise RegistryError(f"the image's blob {digest} is not in storage ({key})")
     content = storage.get(key)

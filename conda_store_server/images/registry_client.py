@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from conda_store_server.images.oci import sha256_digest
 from conda_store_server.redact import mask_credentials
 
 __all__ = ["Manifest", "RegistryClient", "RegistryError", "sha256_digest"]
@@ -49,10 +50,6 @@ class Manifest:
     content: bytes
     media_type: str
     digest: str
-
-
-def sha256_digest(content: bytes) -> str:
-    return f"sha256:{hashlib.sha256(content).hexdigest()}"
 
 
 def _check_digest(digest: str) -> str:

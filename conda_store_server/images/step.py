@@ -15,16 +15,12 @@ from sqlalchemy import select
 from conda_store_server.build.artifacts import temporary_directory
 from conda_store_server.build.keys import artifact_key
 from conda_store_server.db.models import BuildArtifact, BuildArtifactType
-from conda_store_server.images.builder import (
-    Image,
-    ImageFailure,
-    ImageRequest,
-    ImageWriter,
-    blob_key,
-    failure_key,
-    manifest_key,
-)
+from conda_store_server.images.builder import Image, ImageFailure, ImageRequest, ImageWriter
+from conda_store_server.images.oci import blob_key, failure_key, manifest_key
+from conda_store_server.images.push import push_image
+from conda_store_server.images.registry_client import RegistryClient
 from conda_store_server.redact import mask_credentials
+from conda_store_server.registry import ContainerRegistry
 from conda_store_server.service import get_build
 
 if TYPE_CHECKING:
@@ -43,12 +39,10 @@ class PushTarget:
     tag: str
 
 
-def registry_clients(conda_store: CondaStore) -> list[Any]:
-    """The registry objects of `ContainerRegistry.container_registries`, one per URL."""
-    from conda_store_server.registry import ContainerRegistry
-
-    registries = ContainerRegistry(parent=conda_store)
-    return [(registries, factory(url)) for url, factory in registries.container_registries.items()]
+def configured_registries(conda_store: CondaStore) -> tuple[ContainerRegistry, list[Any]]:
+    """The push options, and the registry objects of `container_registries`, one per URL."""
+    configuration = ContainerRegistry(parent=conda_store)
+    return configuration, [factory(url) for url, factory in configuration.container_registries.items()]
 
 
 def _base_reference(conda_store: CondaStore, build: Build) -> str:
@@ -59,23 +53,21 @@ def _base_reference(conda_store: CondaStore, build: Build) -> str:
 def _credentials(registries: list[Any]) -> dict[str, tuple[str | None, str | None]]:
     return {
         registry.url: (getattr(registry, "username", None), getattr(registry, "password", None))
-        for _, registry in registries
+        for registry in registries
     }
 
 
-def _push_targets(registries: list[Any], build: Build) -> list[PushTarget]:
-    targets = []
-    for configuration, registry in registries:
-        targets.append(
-            PushTarget(
-                url=registry.url,
-                username=getattr(registry, "username", None),
-                password=getattr(registry, "password", None),
-                repository=configuration.container_registry_image_name(registry, build),
-                tag=configuration.container_registry_image_tag(registry, build),
-            )
+def _push_targets(configuration: ContainerRegistry, registries: list[Any], build: Build) -> list[PushTarget]:
+    return [
+        PushTarget(
+            url=registry.url,
+            username=getattr(registry, "username", None),
+            password=getattr(registry, "password", None),
+            repository=configuration.container_registry_image_name(registry, build),
+            tag=configuration.container_registry_image_tag(registry, build),
         )
-    return targets
+        for registry in registries
+    ]
 
 
 def make_image(
@@ -89,7 +81,7 @@ def make_image(
     """Write the build's image and push it; a failure is logged and kept for the docker route."""
     started = time.monotonic()
     try:
-        registries = registry_clients(conda_store)
+        configuration, registries = configured_registries(conda_store)
         with conda_store.session() as session:
             build = get_build(session, build_id)
             environment = build.environment
@@ -109,16 +101,18 @@ def make_image(
                 host_platform=str(rattler.Subdir.current()),
                 base_credentials=_credentials(registries),
             )
-            targets = _push_targets(registries, build)
+            targets = _push_targets(configuration, registries, build)
         with temporary_directory(conda_store.store_directory) as scratch:
             writer = ImageWriter(conda_store.storage, conda_store.package_cache_directory, Path(scratch), log)
             image = writer.write(request)
         conda_store.storage.set(manifest_key(build_key), image.content, image.media_type)
         _record(conda_store, build_id, build_key, image)
     except ImageFailure as failure:
-        return _failed(conda_store, build_key, str(failure), log)
+        _failed(conda_store, build_key, str(failure), log)
+        return None
     except Exception as error:  # noqa: BLE001 - the environment is built; only its image failed
-        return _failed(conda_store, build_key, f"internal error: {error!r}", log)
+        _failed(conda_store, build_key, f"internal error: {error!r}", log)
+        return None
     log(
         f"container image stored in {time.monotonic() - started:.2f} s: {image.digest} "
         f"({', '.join(image.platforms)}; {image.bytes_written} new bytes)"
@@ -135,7 +129,6 @@ def _failed(conda_store: CondaStore, build_key: str, reason: str, log: Callable[
         conda_store.storage.set(failure_key(build_key), reason.encode(), "text/plain")
     except Exception:  # noqa: BLE001 - the log has it
         pass
-    return None
 
 
 def _record(conda_store: CondaStore, build_id: int, build_key: str, image: Image) -> None:
@@ -144,7 +137,9 @@ def _record(conda_store: CondaStore, build_id: int, build_key: str, image: Image
             session.scalars(
                 select(BuildArtifact.key).where(
                     BuildArtifact.build_id == build_id,
-                    BuildArtifact.artifact_type == BuildArtifactType.DOCKER_BLOB,
+                    BuildArtifact.artifact_type.in_(
+                        (BuildArtifactType.DOCKER_BLOB, BuildArtifactType.DOCKER_MANIFEST)
+                    ),
                 )
             )
         )
@@ -155,26 +150,23 @@ def _record(conda_store: CondaStore, build_id: int, build_key: str, image: Image
                         build_id=build_id, artifact_type=BuildArtifactType.DOCKER_BLOB, key=blob_key(digest)
                     )
                 )
-        session.add(
-            BuildArtifact(
-                build_id=build_id,
-                artifact_type=BuildArtifactType.DOCKER_MANIFEST,
-                key=manifest_key(build_key),
+        if manifest_key(build_key) not in existing:  # an image made again keeps its one row
+            session.add(
+                BuildArtifact(
+                    build_id=build_id,
+                    artifact_type=BuildArtifactType.DOCKER_MANIFEST,
+                    key=manifest_key(build_key),
+                )
             )
-        )
-        session.commit()
 
 
 def _push(conda_store: CondaStore, target: PushTarget, image: Image, log: Callable[[str], None]) -> None:
-    from conda_store_server.images.push import push_image
-    from conda_store_server.images.registry_client import RegistryClient
-
     where = f"{mask_credentials(target.url)}/{target.repository}:{target.tag}"
     try:
-        client = RegistryClient(target.url, target.username, target.password)
-        digest = push_image(
-            client, target.repository, target.tag, conda_store.storage, image.content, log=log
-        )
+        with RegistryClient(target.url, target.username, target.password) as client:
+            digest = push_image(
+                client, target.repository, target.tag, conda_store.storage, image.content, log=log
+            )
     except Exception as error:  # noqa: BLE001 - a registry's refusal does not undo the image
         log(f"push to {where} failed: {mask_credentials(str(error))}")
         return

@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import json
 import os
 import re
 import shutil
@@ -26,20 +25,24 @@ from types import TracebackType
 
 import httpx
 
-from conda_store_server.images.registry_client import RegistryClient, sha256_digest
+from conda_store_server.images.oci import (
+    DOCKER_CONFIG,
+    DOCKER_LAYER,
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER,
+    OCI_MANIFEST,
+    canonical_json,
+    sha256_digest,
+)
+from conda_store_server.images.registry_client import RegistryClient
 
 __all__ = ["DistributionRegistry", "OS_RELEASE_MARKER", "make_base_image"]
 
 #: A line of the test base image's /etc/os-release, to recognise it inside built images.
 OS_RELEASE_MARKER = "CONDA_STORE_TEST_BASE=1"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _REQUEST_LINE = re.compile(r'"([A-Z]+) (\S+) HTTP/[0-9.]+" ([0-9]{3})')
 
@@ -223,10 +226,6 @@ def _layer(files: dict[str, bytes]) -> tuple[bytes, str]:
     return compressed.getvalue(), f"sha256:{hashlib.sha256(raw.getvalue()).hexdigest()}"
 
 
-def _canonical(document: dict[str, object]) -> bytes:
-    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
-
-
 def make_base_image(
     registry_url: str,
     repository: str,
@@ -264,9 +263,9 @@ def make_base_image(
             }
             if architecture == "arm64":
                 config["variant"] = "v8"
-            config_bytes = _canonical(config)
+            config_bytes = canonical_json(config)
             client.upload_blob(repository, sha256_digest(config_bytes), config_bytes)
-            manifest = _canonical(
+            manifest = canonical_json(
                 {
                     "schemaVersion": 2,
                     "mediaType": manifest_type,
@@ -289,7 +288,7 @@ def make_base_image(
             return client.put_manifest(repository, tag, manifests[0][0], manifest_type)
         for manifest, _ in manifests:
             client.put_manifest(repository, sha256_digest(manifest), manifest, manifest_type)
-        index = _canonical(
+        index = canonical_json(
             {
                 "schemaVersion": 2,
                 "mediaType": index_type,

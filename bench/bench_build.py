@@ -698,19 +698,17 @@ def report(result: dict[str, Any]) -> str:
 
 
 BENCHMARKS_FILE = REPO_ROOT / "BENCHMARKS.md"
-BEGIN_MARK = "<!-- bench_build.py: begin (rewritten by --update-benchmarks) -->"
-END_MARK = "<!-- bench_build.py: end -->"
 
 
-def update_benchmarks(table: str, command: str) -> bool:
-    """Replace the figures between the markers of BENCHMARKS.md; False when there are none."""
-    if not BENCHMARKS_FILE.exists():
-        return False
-    text = BENCHMARKS_FILE.read_text()
-    begin, end = text.find(BEGIN_MARK), text.find(END_MARK)
+def update_benchmarks(table: str, command: str, script: str = "bench_build.py") -> bool:
+    """Replace the figures between `script`'s markers in BENCHMARKS.md (every benchmark has its
+    own block); False when there are none."""
+    begin_mark = f"<!-- {script}: begin (rewritten by --update-benchmarks) -->"
+    text = BENCHMARKS_FILE.read_text() if BENCHMARKS_FILE.exists() else ""
+    begin, end = text.find(begin_mark), text.find(f"<!-- {script}: end -->")
     if begin < 0 or end < begin:
         return False
-    block = f"{BEGIN_MARK}\n```text\n$ {command}\n{table}\n```\n"
+    block = f"{begin_mark}\n```text\n$ {command}\n{table}\n```\n"
     BENCHMARKS_FILE.write_text(text[:begin] + block + text[end:])
     return True
 

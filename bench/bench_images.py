@@ -62,7 +62,7 @@ REPO_ROOT = SCRIPT.parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(SCRIPT.parent))
 
-from bench_build import _text, machine, prefix_size, settle  # noqa: E402
+from bench_build import BENCHMARKS_FILE, _text, machine, prefix_size, settle, update_benchmarks  # noqa: E402
 
 GOAL_RATIO = 1.0
 GOAL_CHANGE_SHARE = 0.05
@@ -71,10 +71,6 @@ MAX_LAYERS = 100
 CHANGED = "bench-img017"  # the package whose version changes
 ADDED = "bench-img-extra"  # the package added
 INCOMPRESSIBLE_SHARE = 0.45  # of each package's bytes; the rest is text
-
-BENCHMARKS_FILE = REPO_ROOT / "BENCHMARKS.md"
-BEGIN_MARK = "<!-- bench_images.py: begin (rewritten by --update-benchmarks) -->"
-END_MARK = "<!-- bench_images.py: end -->"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,17 +441,6 @@ TOP_LEVEL = (
 )
 
 
-def update_benchmarks(table: str, command: str) -> bool:
-    """Replace the figures between this script's markers in BENCHMARKS.md; False without them."""
-    text = BENCHMARKS_FILE.read_text() if BENCHMARKS_FILE.exists() else ""
-    begin, end = text.find(BEGIN_MARK), text.find(END_MARK)
-    if begin < 0 or end < begin:
-        return False
-    block = f"{BEGIN_MARK}\n```text\n$ {command}\n{table}\n```\n"
-    BENCHMARKS_FILE.write_text(text[:begin] + block + text[end:])
-    return True
-
-
 def _version(distribution: str) -> str:
     from importlib.metadata import version
 
@@ -558,7 +543,7 @@ def main() -> None:
         print(table)
         if arguments.update_benchmarks:
             command = ("python bench/bench_images.py " + " ".join(sys.argv[1:])).strip()
-            done = update_benchmarks(table, command)
+            done = update_benchmarks(table, command, "bench_images.py")
             print(f"updated {BENCHMARKS_FILE}" if done else f"{BENCHMARKS_FILE} has no bench_images.py block")
         if arguments.json:
             arguments.json.write_text(json.dumps(result, indent=2, default=str))

@@ -59,7 +59,16 @@ from pathlib import Path
 from typing import Any
 
 import bench_build
-from bench_build import machine, median, prefix_size, service_build, settle, step_figures
+from bench_build import (
+    BENCHMARKS_FILE,
+    machine,
+    median,
+    prefix_size,
+    service_build,
+    settle,
+    step_figures,
+    update_benchmarks,
+)
 
 SCRIPT = Path(__file__).resolve()
 REPO_ROOT = SCRIPT.parent.parent
@@ -413,21 +422,6 @@ def derive(service_rows: list[dict[str, Any]], steps: dict[int, dict[str, float]
             )
 
 
-BENCHMARKS_FILE = REPO_ROOT / "BENCHMARKS.md"
-BEGIN_MARK = "<!-- bench_pip.py: begin (rewritten by --update-benchmarks) -->"
-END_MARK = "<!-- bench_pip.py: end -->"
-
-
-def update_benchmarks(table: str, command: str) -> bool:
-    text = BENCHMARKS_FILE.read_text() if BENCHMARKS_FILE.exists() else ""
-    begin, end = text.find(BEGIN_MARK), text.find(END_MARK)
-    if begin < 0 or end < begin:
-        return False
-    block = f"{BEGIN_MARK}\n```text\n$ {command}\n{table}\n```\n"
-    BENCHMARKS_FILE.write_text(text[:begin] + block + text[end:])
-    return True
-
-
 def load_and_conditions() -> tuple[str, str]:
     """The load average and how many pytest sessions run beside the benchmark."""
     load = " ".join(f"{value:.2f}" for value in os.getloadavg())
@@ -552,7 +546,7 @@ def main() -> None:
         print(table)
         if arguments.update_benchmarks:
             command = ("python bench/bench_pip.py " + " ".join(sys.argv[1:])).strip()
-            done = update_benchmarks(table, command)
+            done = update_benchmarks(table, command, "bench_pip.py")
             print(f"updated {BENCHMARKS_FILE}" if done else f"{BENCHMARKS_FILE} has no bench_pip.py block")
         if arguments.json:
             arguments.json.write_text(json.dumps(result, indent=2, default=str))

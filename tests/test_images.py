@@ -3,10 +3,15 @@ chroot; layers shared between environments; pushes to a real distribution regist
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +20,14 @@ from typing import Any
 import pytest
 from conftest import IN_CI, artifact_ready, login, submit, wait_for_build
 from live import live_server
+from rattler.index import index_fs
 
+from conda_store_server.testing.channel import (
+    TEXT_PLACEHOLDER,
+    build_demo_channel,
+    build_package,
+    demo_packages,
+)
 from conda_store_server.testing.registry import OS_RELEASE_MARKER, DistributionRegistry, make_base_image
 
 SPEC = """
@@ -60,6 +72,25 @@ def base_registry() -> Iterator[DistributionRegistry]:
         yield registry
 
 
+ARM64_GREETING = "hello-tool 1.0.0 for linux-aarch64"
+
+
+@pytest.fixture(scope="session")
+def two_platform_channel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo channel with its arch-specific packages built for linux-aarch64 too; that
+    platform's hello-tool prints another greeting, so an image shows whose files it holds."""
+    channel = build_demo_channel(tmp_path_factory.mktemp("channels") / "two-platforms")
+    for spec in demo_packages():
+        if spec.noarch:
+            continue
+        if spec.name == "hello-tool":
+            script = f'#!/bin/sh\necho "{ARM64_GREETING} in {TEXT_PLACEHOLDER}"\n'
+            spec = dataclasses.replace(spec, text_prefix_files={"bin/hello-tool": script})
+        build_package(spec, channel, "linux-aarch64")
+    asyncio.run(index_fs(channel, force=True))
+    return channel
+
+
 @pytest.fixture
 def store_settings(
     store_settings: dict[str, dict[str, Any]],
@@ -67,8 +98,14 @@ def store_settings(
     request: pytest.FixtureRequest,
 ) -> dict[str, dict[str, Any]]:
     host = "127.0.0.1:9" if "unreachable_base" in request.node.name else base_registry.host
-    store_settings["CondaStore"]["build_artifacts"] = ["LOCKFILE", "YAML", "DOCKER_MANIFEST"]
-    store_settings["CondaStore"]["default_docker_base_image"] = f"{host}/library/tiny:1"
+    traits = store_settings["CondaStore"]
+    traits["build_artifacts"] = ["LOCKFILE", "YAML", "DOCKER_MANIFEST"]
+    traits["default_docker_base_image"] = f"{host}/library/tiny:1"
+    if "two_platforms" in request.node.name:
+        traits["conda_default_channels"] = [request.getfixturevalue("two_platform_channel").as_uri()]
+        traits["conda_solve_platforms"] = ["linux-64", "linux-aarch64"]
+    if "pip_wheels" in request.node.name:
+        traits["pypi_index_url"] = request.getfixturevalue("index").authenticated_index_url
     return store_settings
 
 
@@ -297,3 +334,91 @@ def test_the_official_client_waits_for_the_image(
         )
     build = client.get(f"/api/v1/build/{build_id}/").json()["data"]
     assert any(a["artifact_type"] == "DOCKER_MANIFEST" for a in build["build_artifacts"])
+
+
+def _pull_each_architecture(
+    client, conda_store, store_settings, server_settings, name: str, tag: str, layouts: Path
+) -> None:
+    """skopeo pulls the amd64 and the arm64 image of `name:tag` into `layouts/<architecture>`."""
+    token = _token(client)
+    with live_server(conda_store, store_settings, server_settings) as url:
+        for architecture in ("amd64", "arm64"):
+            _skopeo_pull(url, name, tag, layouts / architecture, token, "--override-arch", architecture)
+
+
+def test_two_platforms_give_an_index_of_an_image_for_each(
+    client, worker, conda_store, store_settings, server_settings, tmp_path: Path
+) -> None:
+    """linux-aarch64 is extracted, never run, into an arm64 image beside the amd64 one."""
+    login(client)
+    build = _image_build(client, "name: both\ndependencies: [hello-tool, hello-py]\n")
+    index = _manifest(client, "alice/both", "latest")
+    assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    platforms = {(m["platform"]["os"], m["platform"]["architecture"]): m for m in index["manifests"]}
+    assert set(platforms) == {("linux", "amd64"), ("linux", "arm64")}
+    assert platforms["linux", "arm64"]["platform"].get("variant") == "v8"
+    amd64 = _manifest(client, "alice/both", platforms["linux", "amd64"]["digest"])
+    arm64 = _manifest(client, "alice/both", platforms["linux", "arm64"]["digest"])
+    # packages of the same files (noarch ones, the python wrapper) are the same layers; only
+    # hello-tool's layer and the conda-meta on top differ
+    amd64_layers = [layer["digest"] for layer in amd64["layers"]]
+    arm64_layers = [layer["digest"] for layer in arm64["layers"]]
+    assert len(amd64_layers) == len(arm64_layers)
+    assert len(set(amd64_layers) - set(arm64_layers)) == 2, (amd64_layers, arm64_layers)
+    assert amd64_layers[-1] != arm64_layers[-1]
+
+    tag = str(build["id"])
+    _pull_each_architecture(client, conda_store, store_settings, server_settings, "alice/both", tag, tmp_path)
+    runs = {}
+    for architecture, subdir in (("amd64", "linux-64"), ("arm64", "linux-aarch64")):
+        rootfs = _unpack(tmp_path / architecture, tag, tmp_path / f"{architecture}-bundle")
+        image_config = _image_config(tmp_path / architecture, tag)
+        assert image_config["architecture"] == architecture
+        assert image_config["config"]["Labels"]["org.conda-store.platform"] == subdir
+        records = [json.loads(p.read_text()) for p in (rootfs / "opt/conda/conda-meta").glob("*.json")]
+        assert {r["name"]: r["subdir"] for r in records}["hello-tool"] == subdir
+        assert {r["subdir"] for r in records} <= {subdir, "noarch"}
+        if os.geteuid() == 0:
+            runs[architecture] = subprocess.run(
+                [_tool("chroot"), str(rootfs), "/opt/conda/bin/hello-tool"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env={"PATH": "/opt/conda/bin:/usr/bin:/bin"},
+            ).stdout.strip()
+    if os.geteuid() != 0:
+        pytest.skip("running the images' scripts needs chroot (root)")
+    assert runs["amd64"] == "hello-tool 1.0.0 says hello from /opt/conda"
+    assert runs["arm64"] == f"{ARM64_GREETING} in /opt/conda"
+
+
+def test_two_platforms_lay_out_pip_wheels_in_each_image(
+    client, worker, conda_store, store_settings, server_settings, tmp_path: Path
+) -> None:
+    """The arm64 image gets its lock's pip wheels without running its python; scripts name the
+    image's interpreter."""
+    login(client)
+    specification = "name: piped\ndependencies: [python, hello-tool, {pip: [pipgreet, pipshout]}]\n"
+    build = _image_build(client, specification)
+    tag = str(build["id"])
+    _pull_each_architecture(
+        client, conda_store, store_settings, server_settings, "alice/piped", tag, tmp_path
+    )
+    python = "python" + ".".join(str(part) for part in sys.version_info[:2])
+    for architecture in ("amd64", "arm64"):
+        rootfs = _unpack(tmp_path / architecture, tag, tmp_path / f"{architecture}-bundle")
+        site_packages = rootfs / "opt/conda/lib" / python / "site-packages"
+        installed = sorted(path.name for path in site_packages.glob("*.dist-info"))
+        assert [name for name in installed if name.startswith("pip")] == [
+            "pipcolor-1.1.0.dist-info",
+            "pipgreet-2.0.0.dist-info",
+            "pipshout-1.0.0.dist-info",
+        ], (architecture, installed)
+        assert (site_packages / "pipgreet/__init__.py").is_file()
+        script = (rootfs / "opt/conda/bin/pipshout").read_bytes()
+        assert script.startswith(f"#!/opt/conda/bin/{python}\n".encode()), script[:80]
+        record = (site_packages / "pipshout-1.0.0.dist-info/RECORD").read_text()
+        row = next(line for line in record.splitlines() if line.startswith("../../../bin/pipshout,"))
+        digest = base64.urlsafe_b64encode(hashlib.sha256(script).digest()).rstrip(b"=").decode()
+        assert row == f"../../../bin/pipshout,sha256={digest},{len(script)}", row
+        assert conda_store.store_directory.encode() not in script

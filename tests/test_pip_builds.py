@@ -707,7 +707,7 @@ def test_another_platforms_wheel_is_the_one_uv_targets(subdir, expected, tmp_pat
     python = Version("3.11.7")
     arguments = [uv.find_uv_bin(), "pip", "compile", "requirements.in", "--format", "pylock.toml"]
     arguments += ["-o", "pylock.toml", "--no-index", "--find-links", str(links), "--no-config"]
-    arguments += ["--python-version", str(python), "--python-platform", pip_solve._python_platform(subdir)]
+    arguments += ["--python-version", str(python), "--python-platform", pip_solve.python_platform(subdir)]
     subprocess.run(arguments, cwd=tmp_path, check=True, capture_output=True)
     (package,) = tomllib.loads((tmp_path / "pylock.toml").read_text())["packages"]
     url, _ = pip.chosen_file(package, pip_solve._wheel_tags(python, subdir))

@@ -31,7 +31,7 @@ import time
 import tomllib
 import urllib.parse
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -413,10 +413,14 @@ def git_requirements(lines: Iterable[str]) -> list[str]:
 
 
 def _run_uv(
-    arguments: list[str], options: PipOptions, scratch: str, timeout: float | None, log: BuildLog
+    arguments: list[str],
+    options: PipOptions,
+    scratch: str,
+    timeout: float | None,
+    write: Callable[[str], None],
 ) -> subprocess.CompletedProcess[str]:
     """uv in `scratch`, in this process's group (so the build's cancel and timeout reach it)."""
-    log.write(mask_credentials("uv " + " ".join(arguments)))
+    write(mask_credentials("uv " + " ".join(arguments)))
     try:
         return subprocess.run(
             [uv.find_uv_bin(), *arguments],
@@ -475,7 +479,7 @@ def resolve(
     if budget.remaining() <= 0:
         raise budget.exceeded()
     try:
-        result = _run_uv(arguments, options, scratch, budget.remaining(), log)
+        result = _run_uv(arguments, options, scratch, budget.remaining(), log.write)
     except subprocess.TimeoutExpired as error:
         raise budget.exceeded() from error
     if result.returncode != 0:
@@ -589,12 +593,81 @@ def _uv_install(
     Path(scratch, "install.txt").write_text("".join(f"{line}\n" for line in lines))
     arguments = ["pip", "install", "-r", "install.txt", "--no-deps", *flags]
     arguments += ["--link-mode", "hardlink", *_uv_arguments(interpreter, cache_dir)]
-    result = _run_uv(arguments, options, scratch, None, log)
+    _checked_install(_run_uv(arguments, options, scratch, None, log.write), log.write)
+
+
+def _checked_install(result: subprocess.CompletedProcess[str], write: Callable[[str], None]) -> None:
     output = mask_credentials(f"{result.stdout}\n{result.stderr}".strip())
     if result.returncode != 0:
         message = output.removeprefix("error: ").strip() or "uv gave no explanation"
         raise BuildFailure(f"Installing the pip packages failed: {message}")
-    log.write(output)
+    write(output)
+
+
+def install_for_platform(
+    packages: list[PipPackage],
+    target: PlatformTarget,
+    options: PipOptions,
+    cache_dir: str,
+    scratch: str,
+    write: Callable[[str], None],
+) -> None:
+    """Lay a lockfile's pip wheels out in the prefix of another platform, running nothing of it.
+
+    A container image of another architecture needs the pip packages its lock names, and that
+    platform's python cannot run here. uv unpacks wheels for the target's tags
+    (`--python-platform`, `--python-version`) into `target.prefix` as if it were a virtual
+    environment; `target.helper_python`, an interpreter of this machine of the same X.Y, only
+    tells uv the layout, and its path ends up in the scripts' shebangs for the caller to
+    rewrite. Source archives and git packages are refused: building them runs python, here,
+    for this machine's platform.
+    """
+    built = [p.requirement for p in packages if p.is_git or not _is_wheel_url(p.url)]
+    if built:
+        raise BuildFailure(
+            f"pip packages for {target.subdir} must be wheels to be laid out without running that "
+            f"platform's python, and {', '.join(mask_credentials(r) for r in built)} would have to be built"
+        )
+    Path(scratch, "install.txt").write_text(
+        "".join(f"{p.requirement} --hash=sha256:{p.sha256}\n" for p in packages)
+    )
+    arguments = [
+        "pip",
+        "install",
+        "-r",
+        "install.txt",
+        "--no-deps",
+        "--require-hashes",
+        "--link-mode",
+        "hardlink",
+    ]
+    arguments += ["--prefix", target.prefix, "--python-platform", target.python_platform]
+    arguments += ["--python-version", target.python_version, "--python", target.helper_python]
+    arguments += [
+        "--cache-dir",
+        cache_dir,
+        "--no-config",
+        "--no-progress",
+        "--color",
+        "never",
+        "--no-python-downloads",
+    ]
+    _checked_install(_run_uv(arguments, options, scratch, None, write), write)
+
+
+@dataclass(frozen=True)
+class PlatformTarget:
+    """Where and for which platform `install_for_platform` lays pip wheels out."""
+
+    subdir: str
+    prefix: str
+    python_version: str
+    python_platform: str
+    helper_python: str
+
+
+def _is_wheel_url(url: str) -> bool:
+    return url.split("#", 1)[0].split("?", 1)[0].lower().endswith(".whl")
 
 
 def _installed(interpreter: Interpreter, names: Iterable[str]) -> dict[str, importlib.metadata.Distribution]:

@@ -89,7 +89,7 @@ def _is_host(subdir: str) -> bool:
     return subdir == str(rattler.Subdir.current())
 
 
-def _python_platform(subdir: str) -> str:
+def python_platform(subdir: str) -> str:
     """uv's `--python-platform`. For this host: on Linux the newest manylinux target its glibc
     runs (as packaging detects it for the wheel tags), so that uv accepts the wheels the
     environment's python would accept here. For another platform: a fixed target."""
@@ -114,7 +114,7 @@ def _python_platform(subdir: str) -> str:
     return f"{architecture}-manylinux_2_{supported[-1]}" if supported else f"{architecture}-unknown-linux-gnu"
 
 
-def _python_version(records: Sequence[rattler.RepoDataRecord]) -> Version:
+def python_version(records: Sequence[rattler.RepoDataRecord]) -> Version:
     """The version of the solve's `python`: the interpreter the pip packages are for."""
     python = next((record for record in records if record.name.normalized == "python"), None)
     if python is None:
@@ -133,7 +133,7 @@ def _python_version(records: Sequence[rattler.RepoDataRecord]) -> Version:
 
 def _platform_tags(subdir: str) -> list[str]:
     """Wheel platform tags, best first: this host's as packaging detects them, else those of
-    the fixed target `_python_platform` gives uv for `subdir`."""
+    the fixed target `python_platform` gives uv for `subdir`."""
     if _is_host(subdir):
         return list(tags.platform_tags())
     if subdir in _FOREIGN_PLATFORM_TAGS:
@@ -231,7 +231,7 @@ def _compile(
     directory = Path(scratch)
     arguments = pip.compile_arguments(options, conda, directory)
     arguments += ["--python", sys.executable, "--python-version", ".".join(map(str, python.release[:3]))]
-    arguments += ["--python-platform", _python_platform(subdir), "--cache-dir", cache_dir]
+    arguments += ["--python-platform", python_platform(subdir), "--cache-dir", cache_dir]
     arguments += ["--no-config", "--no-progress", "--color", "never", "--no-python-downloads"]
     if budget.remaining() <= 0:
         raise budget.exceeded()
@@ -265,7 +265,7 @@ def resolve(
     """
     if not entries:
         return []
-    python = _python_version(records)
+    python = python_version(records)
     options = pip.pip_options(entries, conda_store.pypi_index_url, conda_store.pypi_extra_index_urls)
     resolver = functools.cache(solve.resolve_host)
     check_pip_index_urls(entries, policy, resolver)

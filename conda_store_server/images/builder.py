@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import rattler
 
+from conda_store_server.build import pip
+from conda_store_server.build.pip_solve import python_platform, python_version
+from conda_store_server.exception import BuildFailure
 from conda_store_server.images import contents
 from conda_store_server.images.base import BaseImage, pull_base_image
 from conda_store_server.images.layers import Layer, write_layer
@@ -70,6 +73,10 @@ class ImageRequest:
     records_by_platform: dict[str, list[rattler.RepoDataRecord]]
     host_platform: str
     base_credentials: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+    # the lockfile's pip packages of the platforms other than the worker's, and how uv gets them
+    pip_by_platform: dict[str, list[pip.PipPackage]] = field(default_factory=dict)
+    pip_options: pip.PipOptions | None = None
+    uv_cache: str = ""
 
 
 @dataclass
@@ -161,9 +168,12 @@ class ImageWriter:
         asyncio.run(self._install(request.records_by_platform[subdir], prefix, subdir, request.image_prefix))
         records = contents.conda_records(prefix)
         units = contents.conda_units(records, prefix, request.image_prefix)
-        # the worker's own platform has its pip packages installed in the build's prefix
-        pip_prefix = Path(request.built_prefix) if subdir == request.host_platform else prefix
-        units += contents.pip_units(pip_prefix, request.image_prefix, contents.owned_by_conda(records))
+        conda_owned = contents.owned_by_conda(records)
+        if subdir == request.host_platform:  # its pip packages are installed in the build's prefix
+            units += contents.pip_units(Path(request.built_prefix), request.image_prefix, conda_owned)
+        elif request.pip_by_platform.get(subdir):
+            helper = self._lay_out_pip(request, subdir, prefix)
+            units += contents.pip_units(prefix, request.image_prefix, conda_owned, also_rewritten=helper)
         budget = request.max_layers - len(base.layers) - 1
         if budget < 1:
             raise ImageFailure(
@@ -201,6 +211,42 @@ class ImageWriter:
             f"base image {request.base_reference} for {'/'.join(platform)}: {base.manifest_digest} {source}"
         )
         return base
+
+    def _lay_out_pip(self, request: ImageRequest, subdir: str, prefix: Path) -> str:
+        """Another platform's pip wheels, unpacked into its image prefix; the interpreter uv was
+        shown (the build's own python, of the same X.Y) is returned for the shebangs' rewrite."""
+        try:
+            version = python_version(request.records_by_platform[subdir])
+            host_version = python_version(request.records_by_platform[request.host_platform])
+            if (version.major, version.minor) != (host_version.major, host_version.minor):
+                raise BuildFailure(
+                    f"the {subdir} image's python is {version} and the worker's environment has "
+                    f"python {host_version}: pip packages are laid out with an interpreter of the "
+                    "same version, so the image needs the same python version on every platform"
+                )
+            target = pip.PlatformTarget(
+                subdir=subdir,
+                prefix=str(prefix),
+                python_version=str(version),
+                python_platform=python_platform(subdir),
+                helper_python=str(
+                    Path(request.built_prefix, "bin", f"python{version.major}.{version.minor}")
+                ),
+            )
+            scratch = self.scratch / subdir / "pip"
+            scratch.mkdir(parents=True)
+            assert request.pip_options is not None
+            pip.install_for_platform(
+                request.pip_by_platform[subdir],
+                target,
+                request.pip_options,
+                request.uv_cache,
+                str(scratch),
+                self.log,
+            )
+        except BuildFailure as failure:
+            raise ImageFailure(f"pip packages of {subdir}: {failure.reason}") from failure
+        return request.built_prefix
 
     async def _install(
         self, records: list[rattler.RepoDataRecord], prefix: Path, subdir: str, image_prefix: str

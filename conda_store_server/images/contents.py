@@ -103,21 +103,24 @@ def environment_unit(prefix: Path, image_prefix: str) -> Unit:
     return Unit(name="conda-meta", package="conda-meta", key=key, files=files)
 
 
-def pip_units(prefix: Path, image_prefix: str, conda_owned: set[str]) -> list[Unit]:
+def pip_units(
+    prefix: Path, image_prefix: str, conda_owned: set[str], also_rewritten: str | None = None
+) -> list[Unit]:
     """One unit per distribution that pip (uv, or a wheel installer) put into `prefix`: the
-    `*.dist-info` directories no conda package owns."""
+    `*.dist-info` directories no conda package owns. Text files naming `prefix`, or the prefix
+    `also_rewritten` (where the interpreter in scripts' shebangs lives), name the image's instead."""
+    old_prefixes = [os.fsencode(str(prefix))] + ([os.fsencode(also_rewritten)] if also_rewritten else [])
     units = []
     for dist_info in sorted(prefix.glob("lib/python*/site-packages/*.dist-info")):
         record = dist_info / "RECORD"
         if record.relative_to(prefix).as_posix() not in conda_owned and record.is_file():
-            units.append(_pip_unit(prefix, dist_info, image_prefix))
+            units.append(_pip_unit(prefix, dist_info, image_prefix, old_prefixes))
     return units
 
 
-def _pip_unit(prefix: Path, dist_info: Path, image_prefix: str) -> Unit:
+def _pip_unit(prefix: Path, dist_info: Path, image_prefix: str, old_prefixes: list[bytes]) -> Unit:
     """The files the distribution's RECORD lists, inside the prefix; RECORD itself is rewritten
     last, with the hashes of the files whose prefix was rewritten."""
-    old_prefix = os.fsencode(str(prefix))
     new_prefix = os.fsencode(image_prefix)
     site_packages = dist_info.parent
     record_source = dist_info / "RECORD"
@@ -140,8 +143,10 @@ def _pip_unit(prefix: Path, dist_info: Path, image_prefix: str) -> Unit:
         content = None
         if not source.is_symlink():
             data = source.read_bytes()
-            if old_prefix in data and b"\0" not in data:
-                content = data.replace(old_prefix, new_prefix)
+            if any(old in data for old in old_prefixes) and b"\0" not in data:
+                content = data
+                for old in old_prefixes:
+                    content = content.replace(old, new_prefix)
                 row = [row[0], _record_hash(content), str(len(content))]
             fingerprint.append(
                 (relative, hashlib.sha256(content or data).hexdigest(), os.access(path, os.X_OK))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import rattler
 from sqlalchemy import select
 
+from conda_store_server.build import lockfile, pip
 from conda_store_server.build.artifacts import temporary_directory
 from conda_store_server.build.keys import artifact_key
 from conda_store_server.db.models import BuildArtifact, BuildArtifactType
@@ -82,6 +84,8 @@ def make_image(
     started = time.monotonic()
     try:
         configuration, registries = configured_registries(conda_store)
+        lock_bytes = conda_store.storage.get(artifact_key("lockfile", build_key))
+        host_platform = str(rattler.Subdir.current())
         with conda_store.session() as session:
             build = get_build(session, build_id)
             environment = build.environment
@@ -91,15 +95,22 @@ def make_image(
                 namespace=environment.namespace.name,
                 environment=environment.name,
                 built_prefix=prefix,
-                lockfile_sha256=hashlib.sha256(
-                    conda_store.storage.get(artifact_key("lockfile", build_key))
-                ).hexdigest(),
+                lockfile_sha256=hashlib.sha256(lock_bytes).hexdigest(),
                 base_reference=_base_reference(conda_store, build),
                 image_prefix=conda_store.container_image_prefix,
                 max_layers=conda_store.container_image_max_layers,
                 records_by_platform=records_by_platform,
-                host_platform=str(rattler.Subdir.current()),
+                host_platform=host_platform,
                 base_credentials=_credentials(registries),
+                pip_by_platform=_foreign_pip_packages(
+                    json.loads(lock_bytes), records_by_platform, host_platform
+                ),
+                pip_options=pip.PipOptions(
+                    requirements=(),
+                    index_url=conda_store.pypi_index_url,
+                    extra_index_urls=tuple(conda_store.pypi_extra_index_urls),
+                ),
+                uv_cache=conda_store.uv_cache_directory,
             )
             targets = _push_targets(configuration, registries, build)
         with temporary_directory(conda_store.store_directory) as scratch:
@@ -120,6 +131,17 @@ def make_image(
     for target in targets:
         _push(conda_store, target, image, log)
     return image
+
+
+def _foreign_pip_packages(
+    lock: dict[str, Any], records_by_platform: dict[str, list[rattler.RepoDataRecord]], host_platform: str
+) -> dict[str, list[pip.PipPackage]]:
+    """The lock's pip packages of every platform but the worker's (whose are in the prefix)."""
+    return {
+        platform: [pip.PipPackage.from_lock_entry(entry) for entry in lockfile.pip_packages(lock, platform)]
+        for platform in records_by_platform
+        if platform != host_platform
+    }
 
 
 def _failed(conda_store: CondaStore, build_key: str, reason: str, log: Callable[[str], None]) -> None:

@@ -70,6 +70,7 @@ class WheelSpec:
     requires: tuple[str, ...] = ()
     extras: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     summary: str = ""
+    console_scripts: Mapping[str, str] = field(default_factory=dict)  # name -> "module:function"
 
     @property
     def distribution(self) -> str:
@@ -111,6 +112,9 @@ def build_wheel(spec: WheelSpec, out_dir: Path) -> Path:
     dist_info = f"{spec.distribution}-{spec.version}.dist-info"
     files: dict[str, bytes] = {path: source.encode() for path, source in spec.modules.items()}
     files[f"{dist_info}/METADATA"] = _metadata(spec).encode()
+    if spec.console_scripts:
+        scripts = "".join(f"{name} = {target}\n" for name, target in spec.console_scripts.items())
+        files[f"{dist_info}/entry_points.txt"] = f"[console_scripts]\n{scripts}".encode()
     files[f"{dist_info}/WHEEL"] = (
         b"Wheel-Version: 1.0\nGenerator: conda_store_server.testing.pypi\n"
         b"Root-Is-Purelib: true\nTag: py3-none-any\n"
@@ -151,6 +155,7 @@ def demo_wheels() -> list[WheelSpec]:
     - ``tinylib`` 2.0.0: newer than the conda package, so a resolution that ignored what conda
       installed would shadow it.
     - ``pipconflict`` 1.0.0: needs ``tinylib>=2``, which conflicts with conda's tinylib 1.0.0.
+    - ``pipshout`` 1.0.0: a console script, ``pipshout``, whose shebang names the interpreter.
     """
     greet = (
         "import pipcolor\nimport tinylib\n\n\n"
@@ -188,6 +193,12 @@ def demo_wheels() -> list[WheelSpec]:
             version="1.0.0",
             modules=_module("pipconflict", "1.0.0"),
             requires=("tinylib>=2",),
+        ),
+        WheelSpec(
+            name="pipshout",
+            version="1.0.0",
+            modules=_module("pipshout", "1.0.0", "\n\ndef main():\n    print('PIPSHOUT 1.0.0')\n"),
+            console_scripts={"pipshout": "pipshout:main"},
         ),
     ]
 

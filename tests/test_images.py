@@ -109,6 +109,42 @@ def store_settings(
     return store_settings
 
 
+#: The seed's example of `ContainerRegistry.container_registries`, as a deployment writes it, with
+#: its import replaced by ours; a second registry, unreachable, whose URL carries a password.
+SEED_PUSH_CONFIGURATION = """
+from conda_store_server.registry import Registry
+import os
+def _configure_docker_registry(registry_url: str):
+    return Registry(
+        "{push}",
+        username=os.environ.get('DOCKER_USERNAME'),
+        password=os.environ.get('DOCKER_PASSWORD'))
+c.ContainerRegistry.container_registries = {{
+    '{push}': _configure_docker_registry,
+    '{unreachable}': Registry,
+}}
+"""
+UNREACHABLE_REGISTRY = "http://pusher:wrongsecret@127.0.0.1:9"
+
+
+@pytest.fixture
+def push_registry() -> Iterator[DistributionRegistry]:
+    with DistributionRegistry(username="pusher", password="topsecret") as registry:
+        yield registry
+
+
+@pytest.fixture
+def config_file(config_file: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The worker's configuration file; for push tests, with the seed's registry example."""
+    if "pushes" in request.node.name:
+        registry = request.getfixturevalue("push_registry")
+        monkeypatch.setenv("DOCKER_USERNAME", "pusher")  # the worker inherits this environment
+        monkeypatch.setenv("DOCKER_PASSWORD", "topsecret")
+        extra = SEED_PUSH_CONFIGURATION.format(push=registry.url, unreachable=UNREACHABLE_REGISTRY)
+        config_file.write_text(config_file.read_text() + extra)
+    return config_file
+
+
 @pytest.fixture
 def server_settings() -> dict[str, Any]:
     return {"enable_registry": True, "registry_external_url": "localhost:8080"}
@@ -137,8 +173,10 @@ def _layer_digests(client, name: str, reference: str) -> list[str]:
     return [layer["digest"] for layer in manifest["layers"]]
 
 
-def _token(client) -> str:
-    response = client.post("/api/v1/token/", json={})
+def _token(client, role_bindings: dict[str, list[str]] | None = None) -> str:
+    """An API token of the logged-in user, limited to `role_bindings` when given."""
+    body = {"role_bindings": role_bindings} if role_bindings is not None else {}
+    response = client.post("/api/v1/token/", json=body)
     assert response.status_code == 200, response.text
     return response.json()["data"]["token"]
 
@@ -188,20 +226,17 @@ def test_image_of_a_build_runs_its_programs(
     assert len(manifest["layers"]) == 2 + len(packages) + 1
 
     token = _token(client)
+    outsider = _token(client, {"elsewhere/*": ["admin"]})
     with live_server(conda_store, store_settings, server_settings) as url:
         _skopeo_pull(url, "alice/tools", tag, tmp_path / "layout", token)
-        refused = subprocess.run(
-            [
-                _tool("skopeo"),
-                "inspect",
-                "--tls-verify=false",
-                f"docker://{url.removeprefix('http://')}/alice/tools:latest",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
+        inspect = [_tool("skopeo"), "inspect", "--tls-verify=false"]
+        image = f"docker://{url.removeprefix('http://')}/alice/tools:latest"
+        anonymous = subprocess.run([*inspect, image], capture_output=True, text=True, timeout=60)
+        denied = subprocess.run(
+            [*inspect, "--creds", f"alice:{outsider}", image], capture_output=True, text=True, timeout=60
         )
-    assert refused.returncode != 0 and "unauthorized" in refused.stderr.lower(), refused.stderr
+    assert anonymous.returncode != 0 and "unauthorized" in anonymous.stderr.lower(), anonymous.stderr
+    assert denied.returncode != 0 and "denied" in denied.stderr.lower(), denied.stderr
 
     rootfs = _unpack(tmp_path / "layout", tag, tmp_path / "bundle")
     assert OS_RELEASE_MARKER in (rootfs / "etc/os-release").read_text()  # the base image's files
@@ -422,3 +457,63 @@ def test_two_platforms_lay_out_pip_wheels_in_each_image(
         digest = base64.urlsafe_b64encode(hashlib.sha256(script).digest()).rstrip(b"=").decode()
         assert row == f"../../../bin/pipshout,sha256={digest},{len(script)}", row
         assert conda_store.store_directory.encode() not in script
+
+
+def _log_when(client, build_id: int, *lines: str) -> str:
+    """The build's log once it has every one of `lines` (pushes come after the image)."""
+    deadline = time.monotonic() + 60
+    while not all(line in (log := client.get(f"/api/v1/build/{build_id}/logs/").text) for line in lines):
+        assert time.monotonic() < deadline, log
+        time.sleep(0.3)
+    return log
+
+
+def _uploads(registry: DistributionRegistry) -> int:
+    return sum(1 for method, path, _ in registry.requests() if method == "POST" and "/blobs/uploads" in path)
+
+
+def test_the_seed_configuration_pushes_each_build_sending_only_missing_blobs(
+    client, worker, conda_store, push_registry: DistributionRegistry, tmp_path: Path
+) -> None:
+    from conda_store_server.images.registry_client import RegistryClient
+
+    login(client)
+    first = _image_build(client)
+    tag = client.get(f"/api/v1/build/{first['id']}/docker/").text.rsplit(":", 1)[1]
+    unreachable = "http://****@127.0.0.1:9"  # credentials masked
+    log = _log_when(
+        client,
+        first["id"],
+        f"pushed to {push_registry.url}/alice/tools:{tag}",
+        f"push to {unreachable}/alice/tools:{tag} failed",
+    )
+    assert "attempt 3 of 3" in log and "attempt 4" not in log  # retried, a bounded number of times
+    assert "wrongsecret" not in log and "topsecret" not in log
+    with RegistryClient(push_registry.url, "pusher", "topsecret") as registry:
+        pushed = registry.get_manifest("alice/tools", tag, ["application/vnd.oci.image.manifest.v1+json"])
+    assert pushed.digest == _manifest_digest(client, "alice/tools", str(first["id"]))
+    result = subprocess.run(
+        [
+            _tool("skopeo"),
+            "copy",
+            "--src-tls-verify=false",
+            "--src-creds",
+            "pusher:topsecret",
+            f"docker://{push_registry.host}/alice/tools:{tag}",
+            f"oci:{tmp_path / 'pushed'}:{tag}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    uploads = _uploads(push_registry)
+    assert uploads == len(pushed_layers := _manifest(client, "alice/tools", tag)["layers"]) + 1  # and config
+
+    # the environment changed by one package: its push uploads that package, conda-meta, config
+    second_id = submit(client, SPEC + "  - libzlib\n")
+    wait_for_build(client, second_id, artifact_ready("DOCKER_MANIFEST"), timeout=180)
+    second_tag = client.get(f"/api/v1/build/{second_id}/docker/").text.rsplit(":", 1)[1]
+    _log_when(client, second_id, f"pushed to {push_registry.url}/alice/tools:{second_tag}")
+    assert len(_manifest(client, "alice/tools", second_tag)["layers"]) == len(pushed_layers) + 1
+    assert _uploads(push_registry) - uploads == 3

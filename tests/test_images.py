@@ -141,6 +141,9 @@ def config_file(config_file: Path, request: pytest.FixtureRequest, monkeypatch: 
         monkeypatch.setenv("DOCKER_USERNAME", "pusher")  # the worker inherits this environment
         monkeypatch.setenv("DOCKER_PASSWORD", "topsecret")
         extra = SEED_PUSH_CONFIGURATION.format(push=registry.url, unreachable=UNREACHABLE_REGISTRY)
+        # the base image is private there too: pulled with that registry's credentials
+        make_base_image(registry.url, "library/private", "1", username="pusher", password="topsecret")
+        extra += f"c.CondaStore.default_docker_base_image = '{registry.host}/library/private:1'\n"
         config_file.write_text(config_file.read_text() + extra)
     return config_file
 
@@ -478,6 +481,7 @@ def test_the_seed_configuration_pushes_each_build_sending_only_missing_blobs(
     from conda_store_server.images.registry_client import RegistryClient
 
     login(client)
+    base_uploads = _uploads(push_registry)
     first = _image_build(client)
     tag = client.get(f"/api/v1/build/{first['id']}/docker/").text.rsplit(":", 1)[1]
     unreachable = "http://****@127.0.0.1:9"  # credentials masked
@@ -488,6 +492,7 @@ def test_the_seed_configuration_pushes_each_build_sending_only_missing_blobs(
         f"push to {unreachable}/alice/tools:{tag} failed",
     )
     assert "attempt 3 of 3" in log and "attempt 4" not in log  # retried, a bounded number of times
+    assert f"base image {push_registry.host}/library/private:1 for linux/amd64" in log
     assert "wrongsecret" not in log and "topsecret" not in log
     with RegistryClient(push_registry.url, "pusher", "topsecret") as registry:
         pushed = registry.get_manifest("alice/tools", tag, ["application/vnd.oci.image.manifest.v1+json"])
@@ -508,7 +513,9 @@ def test_the_seed_configuration_pushes_each_build_sending_only_missing_blobs(
     )
     assert result.returncode == 0, result.stderr
     uploads = _uploads(push_registry)
-    assert uploads == len(pushed_layers := _manifest(client, "alice/tools", tag)["layers"]) + 1  # and config
+    assert (
+        uploads - base_uploads == len(pushed_layers := _manifest(client, "alice/tools", tag)["layers"]) + 1
+    )  # and config
 
     # the environment changed by one package: its push uploads that package, conda-meta, config
     second_id = submit(client, SPEC + "  - libzlib\n")

@@ -569,6 +569,11 @@ class CondaStore(LoggingConfigurable):
         return os.path.join(self.store_directory, ".uv-cache")
 
     @property
+    def pip_interpreter_cache_directory(self) -> str:
+        """What environments' pythons said about themselves (`build.interpreter_cache`)."""
+        return os.path.join(self.store_directory, ".pip-interpreters")
+
+    @property
     def repodata_cache_directory(self) -> str:
         return os.path.join(self.store_directory, ".repodata")
 

@@ -626,6 +626,51 @@ def test_the_interpreter_inspection_sees_what_packaging_sees(tmp_path):
     assert sysconfig.get_path("purelib") in interpreter.site_packages
 
 
+def test_an_interpreter_inspection_is_reused_for_the_same_python_package(
+    demo_channel: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A second environment of the same python package is not asked again; its own paths are
+    given, and a damaged cache entry is asked anew."""
+    import asyncio
+    import json
+
+    import rattler
+
+    from conda_store_server.build import pip as pip_module
+
+    async def environment(prefix: Path) -> None:
+        records = await rattler.solve(
+            [demo_channel.as_uri()], ["python"], platforms=[host_subdir(), "noarch"]
+        )
+        await rattler.install(records, prefix, cache_dir=tmp_path / "pkgs", show_progress=False)
+
+    cache = str(tmp_path / "interpreters")
+    first_prefix, second_prefix = tmp_path / "first", tmp_path / "second"
+    for prefix in (first_prefix, second_prefix):
+        asyncio.run(environment(prefix))
+    first = pip_module.inspect_interpreter(str(first_prefix), 30, cache)
+    [entry] = Path(cache).glob("*.json")
+    assert str(first_prefix) not in entry.read_text()  # paths are kept relative to the prefix
+
+    asked: list[str] = []
+    inspect = pip_module._inspect
+    monkeypatch.setattr(
+        pip_module, "_inspect", lambda *arguments: asked.append(arguments[0]) or inspect(*arguments)
+    )
+    second = pip_module.inspect_interpreter(str(second_prefix), 30, cache)
+    assert asked == []
+    assert (second.markers, second.tags) == (first.markers, first.tags)
+    assert second.site_packages == tuple(
+        p.replace(str(first_prefix), str(second_prefix)) for p in first.site_packages
+    )
+    assert second.python.startswith(str(second_prefix) + "/bin/python")
+
+    entry.write_text("{not json")
+    again = pip_module.inspect_interpreter(str(second_prefix), 30, cache)
+    assert asked == [str(second_prefix)] and again == second
+    assert json.loads(entry.read_text())["markers"] == dict(first.markers)  # and written again
+
+
 FOREIGN = "osx-arm64" if host_subdir() != "osx-arm64" else "linux-64"
 
 

@@ -42,6 +42,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
+from conda_store_server.build import interpreter_cache
 from conda_store_server.build.logs import BuildLog
 from conda_store_server.exception import BuildFailure
 from conda_store_server.redact import mask_credentials, strip_credentials
@@ -266,14 +267,33 @@ class Interpreter:
     site_packages: tuple[str, ...]
 
 
-def inspect_interpreter(prefix: str, timeout: float) -> Interpreter:
-    """Ask the environment's python about itself; fail the build if there is none."""
+def inspect_interpreter(prefix: str, timeout: float, cache_dir: str | None = None) -> Interpreter:
+    """Ask the environment's python about itself; fail the build if there is none.
+
+    With `cache_dir`, an answer given before by the same python package on this machine is
+    reused (`interpreter_cache`): the python is not started again.
+    """
     python = os.path.join(prefix, "bin", "python")
     if not os.path.exists(python):
         raise BuildFailure(
             "The specification has pip dependencies but its environment has no python; "
             "add `python` to the conda dependencies"
         )
+    key = interpreter_cache.cache_key(prefix, _INSPECT_SCRIPT) if cache_dir else None
+    found = interpreter_cache.load(cache_dir, key, prefix) if cache_dir and key else None
+    if found is None:
+        found = _inspect(prefix, python, timeout)
+        if cache_dir and key:
+            interpreter_cache.store(cache_dir, key, prefix, found)
+    return Interpreter(
+        _uv_python(prefix, python, found.get("executable")),
+        found["markers"],
+        tuple(found["tags"]),
+        tuple(found["site_packages"]),
+    )
+
+
+def _inspect(prefix: str, python: str, timeout: float) -> dict[str, Any]:
     packaging_path = os.path.dirname(os.path.dirname(packaging.__file__))
     try:
         result = subprocess.run(
@@ -299,12 +319,7 @@ def inspect_interpreter(prefix: str, timeout: float) -> Interpreter:
             f"The environment's python ({python}) could not tell what pip packages fit it: "
             f"{mask_credentials(result.stderr.strip()) or 'no output'}"
         )
-    return Interpreter(
-        _uv_python(prefix, python, found.get("executable")),
-        found["markers"],
-        tuple(found["tags"]),
-        tuple(found["site_packages"]),
-    )
+    return found
 
 
 def _uv_python(prefix: str, python: str, executable: Any) -> str:

@@ -221,7 +221,9 @@ def _pip_install(
     indexes = [options.index_url, *options.extra_index_urls, *options.find_links]
     log.write(mask_credentials(f"resolving pip requirements {list(options.requirements)} from {indexes}"))
     started = time.monotonic()
-    interpreter = pip.inspect_interpreter(plan.prefix, budget.remaining())
+    interpreter = pip.inspect_interpreter(
+        plan.prefix, budget.remaining(), conda_store.pip_interpreter_cache_directory
+    )
     with artifacts.temporary_directory(conda_store.store_directory) as scratch:
         packages = pip.resolve(interpreter, options, conda_store.uv_cache_directory, scratch, budget, log)
         log.write(f"resolved in {time.monotonic() - started:.2f} s")
@@ -275,7 +277,9 @@ def _pip_install_locked(
         index_url=conda_store.pypi_index_url,
         extra_index_urls=tuple(conda_store.pypi_extra_index_urls),
     )
-    interpreter = pip.inspect_interpreter(plan.prefix, pip.INSPECT_SECONDS)
+    interpreter = pip.inspect_interpreter(
+        plan.prefix, pip.INSPECT_SECONDS, conda_store.pip_interpreter_cache_directory
+    )
     conda = pip.conda_distributions(interpreter)
     clashes = [f"{p.name} {p.version} (conda: {conda[p.name]})" for p in packages if p.name in conda]
     if clashes:

@@ -32,6 +32,7 @@ from conda_store_server.server import auth
 from conda_store_server.server.api.listing import DEPRECATION_HEADERS
 from conda_store_server.server.docs import add_docs
 from conda_store_server.server.middleware import RequestGuard
+from conda_store_server.server.response_cache import ListCache
 from conda_store_server.server.schema import Login
 from conda_store_server.service import ensure_default_namespace
 from conda_store_server.storage import LocalStorage, S3Storage
@@ -107,6 +108,16 @@ class CondaStoreServer(BaseApplication):
         help="Secret for sessions; defaults to AuthenticationBackend.secret.",
     )
     max_page_size = Integer(100, config=True, help="Largest number of items in one page of a list response.")
+    list_cache_bytes = Integer(
+        32 * 1024 * 1024,
+        min=0,
+        config=True,
+        help="Bytes of list pages (environments, builds, namespaces, packages) each server process "
+        "keeps to answer the same request again while the database has not changed; any committed "
+        "write, by any process, makes them old. 0 turns it off. SQLite files and PostgreSQL only. "
+        "A page depends only on the caller's token and the database: an authorization backend "
+        "that grants roles from anywhere else must set 0.",
+    )
     behind_proxy = Bool(
         False,
         config=True,
@@ -347,6 +358,7 @@ def create_app(
     app.state.conda_store = conda_store
     app.state.authentication = authentication
     app.state.server = server
+    app.state.list_cache = ListCache(conda_store.engine, server.list_cache_bytes)
 
     if server.cors_allow_origins or server.cors_allow_origin_regex:
         app.add_middleware(

@@ -44,6 +44,7 @@ from conda_store_server.server.pagination import (
     sorted_query,
     visible_filter,
 )
+from conda_store_server.server.response_cache import cached_page
 
 router = APIRouter(prefix="/api/v1")
 Page = Depends(page_arguments)
@@ -90,6 +91,7 @@ def has_artifact(build_id_column: Any, artifact: BuildArtifactType) -> Any:
 
 # ------------------------------------------------------------------------------ namespaces
 @router.get("/namespace/")
+@cached_page
 def api_list_namespaces(
     caller: Caller = CallerDependency,
     session: Session = SessionDependency,
@@ -245,6 +247,7 @@ ENVIRONMENT_SORT = {"namespace": Namespace.name, "name": Environment.name}
 
 
 @router.get("/environment/")
+@cached_page
 def api_list_environments(
     filters: EnvironmentFilters = EnvironmentFiltersDependency,
     caller: Caller = CallerDependency,
@@ -277,6 +280,7 @@ BUILD_SORT = {
 
 
 @router.get("/build/")
+@cached_page
 def api_list_builds(
     status: BuildStatus | None = Query(None),
     packages: list[str] = Query([], description="The build contains all these packages"),
@@ -368,6 +372,7 @@ def build_environment_arn(session: Session, build_id: int) -> str:
 
 
 @router.get("/build/{build_id}/packages/")
+@cached_page
 def api_list_build_packages(
     build_id: BuildId,
     search: str | None = Query(None, max_length=255),
@@ -403,6 +408,7 @@ def api_list_build_packages(
 
 
 @router.get("/channel/")
+@cached_page
 def api_list_channels(session: Session = SessionDependency, arguments: PageArguments = Page) -> JSONResponse:
     query = select(CondaChannel)
     rows, fields = paginate(session, query, arguments, {"name": CondaChannel.name}, ["name"], CondaChannel.id)
@@ -410,6 +416,7 @@ def api_list_channels(session: Session = SessionDependency, arguments: PageArgum
 
 
 @router.get("/package/")
+@cached_page
 def api_list_packages(
     search: str | None = Query(None, max_length=255),
     exact: str | None = Query(None, max_length=16),

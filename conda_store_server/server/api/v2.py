@@ -23,6 +23,7 @@ from conda_store_server.server.api.listing import (
 )
 from conda_store_server.server.dependencies import Caller, CallerDependency, SessionDependency
 from conda_store_server.server.pagination import count_of
+from conda_store_server.server.response_cache import cached_page
 
 router = APIRouter(prefix="/api/v2")
 END_CURSOR = {"last_id": None, "last_value": None}
@@ -59,6 +60,7 @@ def decode_cursor(value: str | None, sort_by: list[str]) -> dict[str, Any] | Non
 
 
 @router.get("/environment/")
+@cached_page
 def api_list_environments_v2(
     request: Request,
     filters: EnvironmentFilters = EnvironmentFiltersDependency,

@@ -1,0 +1,214 @@
+"""Answers of list routes kept until the database changes.
+
+The lists are read far more often than anything is written (the UI polls them, JupyterHub
+integrations list every environment for every user), and building a page of 100 is most of a
+request's cost. A page is kept as the bytes it was sent as, under its route, query and caller,
+with the database's *version* read before the page was computed; it is served again while the
+version is the same. The version changes whenever a transaction that wrote anything commits,
+in any process (server, workers, builds, a command-line tool), so a kept page is never older
+than the database:
+
+- SQLite: ``PRAGMA data_version`` of a connection of its own that never writes: SQLite changes
+  it whenever another connection commits.
+- PostgreSQL: ``pg_current_snapshot()``, read in the request's own session: any commit of a
+  transaction that wrote (read-only ones get no transaction id) moves its xmax or leaves its
+  in-progress list, on any database of the cluster, so it errs on the side of a recomputation.
+
+A page computed while a write commits is kept under the version read before it, which that
+commit made old: it is recomputed at the next request. Other databases, and SQLite in memory
+(one connection, so no "other" one to notice), keep nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sqlite3
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    from conda_store_server.server.dependencies import Caller
+
+__all__ = ["DatabaseVersion", "ListCache", "ResponseCache", "cached_list", "cached_page"]
+
+
+class DatabaseVersion:
+    """A value that changes whenever a transaction that wrote to the database commits."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._dialect = engine.dialect.name
+        self._lock = threading.Lock()
+        self._watcher: sqlite3.Connection | None = None
+        database = engine.url.database
+        self._sqlite_file = (
+            Path(database).resolve()
+            if self._dialect == "sqlite"
+            and database
+            and database != ":memory:"
+            and "mode=memory" not in database
+            else None
+        )
+
+    @property
+    def supported(self) -> bool:
+        return self._sqlite_file is not None or self._dialect == "postgresql"
+
+    def read(self, session: Session) -> Hashable | None:
+        """The current version (None: not known, keep nothing). Blocking: call it off the loop."""
+        if self._sqlite_file is not None:
+            with self._lock:
+                if self._watcher is None:  # opened on first use: the schema exists by then
+                    self._watcher = sqlite3.connect(
+                        f"{self._sqlite_file.as_uri()}?mode=ro", uri=True, check_same_thread=False, timeout=30
+                    )
+                return self._watcher.execute("PRAGMA data_version").fetchone()[0]
+        if self._dialect == "postgresql":
+            return session.execute(text("SELECT pg_current_snapshot()::text")).scalar_one()
+        return None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._watcher is not None:
+                self._watcher.close()
+                self._watcher = None
+
+
+@dataclass(frozen=True)
+class _Entry:
+    version: Hashable
+    body: bytes
+    headers: tuple[tuple[str, str], ...]
+
+
+class ResponseCache:
+    """Bodies by key, valid for one database version; least recently used go first beyond
+    `max_bytes`. Thread-safe: list routes run in the thread pool."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable, version: Hashable) -> _Entry | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry.version != version:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry
+
+    def put(
+        self, key: Hashable, version: Hashable, body: bytes, headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        if len(body) > self.max_bytes // 8:  # one page may not push out most of the others
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= len(old.body)
+            self._entries[key] = _Entry(version, body, headers)
+            self._bytes += len(body)
+            while self._bytes > self.max_bytes and self._entries:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= len(evicted.body)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+
+class ListCache:
+    """The list routes' cache of one server process: its database's version and the pages."""
+
+    def __init__(self, engine: Engine, max_bytes: int) -> None:
+        self.version = DatabaseVersion(engine)
+        self.pages = ResponseCache(max_bytes)
+        self.enabled = max_bytes > 0 and self.version.supported
+
+    def respond(self, key: Hashable, session: Session, compute: Callable[[], Any]) -> Any:
+        """The kept page for `key` if the database has not changed since, else `compute()`
+        (kept when it is a 200). Blocking: list routes run in the thread pool."""
+        if not self.enabled:
+            return compute()
+        version = self.version.read(session)
+        entry = self.pages.get(key, version)
+        if entry is not None:
+            return Response(entry.body, headers=dict(entry.headers))
+        response = compute()
+        if not isinstance(response, Response):
+            response = JSONResponse(response)
+        if response.status_code == 200 and version is not None:
+            headers = tuple((k, v) for k, v in response.headers.items() if k.lower() != "content-length")
+            self.pages.put(key, version, bytes(response.body), headers)
+        return response
+
+    def close(self) -> None:
+        self.version.close()
+
+
+def cached_list(
+    request: Request, caller: Caller, session: Session, compute: Callable[[], Response]
+) -> Response:
+    """`compute()`'s answer to this route, query string and caller, kept while the database is
+    unchanged. The query string counts as sent (`sort_by` twice is an order).
+
+    The caller counts by what its token grants (primary namespace and role bindings): what the
+    database grants it (namespace role mappings) is in the database, whose version is checked.
+    """
+    cache: ListCache | None = getattr(request.app.state, "list_cache", None)
+    if cache is None:
+        return compute()
+    entity = caller.entity if caller is not None else None
+    who = (
+        None
+        if entity is None
+        else (
+            entity.primary_namespace,
+            tuple(sorted((k, tuple(sorted(v))) for k, v in entity.role_bindings.items())),
+        )
+    )
+    key = (request.url.path, request.scope.get("query_string", b""), who)
+    return cache.respond(key, session, compute)
+
+
+def cached_page(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    """A list route whose answers `cached_list` keeps: under `@router.get(...)`.
+
+    The route must take `session` (and, when what it lists depends on the caller, `caller`);
+    FastAPI sees the route's own parameters and one more, the request.
+    """
+    signature = inspect.signature(endpoint, eval_str=True)
+    if "session" not in signature.parameters:
+        raise TypeError(f"{endpoint.__name__} takes no session: its answers cannot be kept")
+    own = next((name for name, p in signature.parameters.items() if p.annotation is Request), None)
+    parameters = list(signature.parameters.values())
+    if own is None:  # FastAPI hands the request to one parameter only: add one if the route has none
+        parameters.append(inspect.Parameter(_REQUEST, inspect.Parameter.KEYWORD_ONLY, annotation=Request))
+
+    @functools.wraps(endpoint)
+    def route(*args: Any, **kwargs: Any) -> Any:
+        request = kwargs[own] if own is not None else kwargs.pop(_REQUEST)
+        return cached_list(
+            request, kwargs.get("caller"), kwargs["session"], lambda: endpoint(*args, **kwargs)
+        )
+
+    route.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    return route
+
+
+_REQUEST = "cache_request"

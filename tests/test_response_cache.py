@@ -40,20 +40,20 @@ def test_the_version_changes_with_every_commit_and_only_then(conda_store: CondaS
     version = DatabaseVersion(conda_store.engine)
     assert version.supported
     with conda_store.session() as session:
-        first = version.read(session)
+        first = version.read()
     with conda_store.session() as session:
         session.execute(text("SELECT count(*) FROM environment")).scalar()
-        assert version.read(session) == first  # reading changes nothing
+        assert version.read() == first  # reading changes nothing
     _write_elsewhere(
         conda_store.database_url, "INSERT INTO namespace (name, metadata_) VALUES ('fresh', '{}')"
     )
     with conda_store.session() as session:
-        second = version.read(session)
+        second = version.read()
     assert second != first
     with conda_store.session() as session:  # this process's own commits count too
         session.execute(text("UPDATE namespace SET metadata_ = '{\"a\": 1}' WHERE name = 'fresh'"))
     with conda_store.session() as session:
-        assert version.read(session) != second
+        assert version.read() != second
     version.close()
 
 

@@ -10,7 +10,7 @@ than the database:
 
 - SQLite: ``PRAGMA data_version`` of a connection of its own that never writes: SQLite changes
   it whenever another connection commits.
-- PostgreSQL: ``pg_current_snapshot()``, read in the request's own session: any commit of a
+- PostgreSQL: ``pg_current_snapshot()``, read on a connection of its own: any commit of a
   transaction that wrote (read-only ones get no transaction id) moves its xmax or leaves its
   in-progress list, on any database of the cluster, so it errs on the side of a recomputation.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -33,22 +34,24 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import Engine, text
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine
 
 if TYPE_CHECKING:
     from conda_store_server.server.dependencies import Caller
 
 __all__ = ["DatabaseVersion", "ListCache", "ResponseCache", "cached_list", "cached_page"]
 
+log = logging.getLogger(__name__)
+
 
 class DatabaseVersion:
     """A value that changes whenever a transaction that wrote to the database commits."""
 
     def __init__(self, engine: Engine) -> None:
+        self._engine = engine
         self._dialect = engine.dialect.name
         self._lock = threading.Lock()
-        self._watcher: sqlite3.Connection | None = None
+        self._watcher: Any = None  # a sqlite3 connection, or a detached PostgreSQL one
         database = engine.url.database
         self._sqlite_file = (
             Path(database).resolve()
@@ -63,24 +66,51 @@ class DatabaseVersion:
     def supported(self) -> bool:
         return self._sqlite_file is not None or self._dialect == "postgresql"
 
-    def read(self, session: Session) -> Hashable | None:
+    def read(self) -> Hashable | None:
         """The current version (None: not known, keep nothing). Blocking: call it off the loop."""
-        if self._sqlite_file is not None:
-            with self._lock:
-                if self._watcher is None:  # opened on first use: the schema exists by then
-                    self._watcher = sqlite3.connect(
-                        f"{self._sqlite_file.as_uri()}?mode=ro", uri=True, check_same_thread=False, timeout=30
-                    )
-                return self._watcher.execute("PRAGMA data_version").fetchone()[0]
-        if self._dialect == "postgresql":
-            return session.execute(text("SELECT pg_current_snapshot()::text")).scalar_one()
+        with self._lock:
+            try:
+                if self._sqlite_file is not None:
+                    if self._watcher is None:  # opened on first use: the schema exists by then
+                        self._watcher = sqlite3.connect(
+                            f"{self._sqlite_file.as_uri()}?mode=ro",
+                            uri=True,
+                            check_same_thread=False,
+                            timeout=30,
+                        )
+                    return self._watcher.execute("PRAGMA data_version").fetchone()[0]
+                if self._dialect == "postgresql":
+                    return self._postgres_snapshot()
+            except Exception:  # noqa: BLE001 - a version not read only means a page computed
+                log.warning("the database version could not be read; lists are computed", exc_info=True)
+                self._close_watcher()
         return None
+
+    def _postgres_snapshot(self) -> str:
+        """On a connection of its own, in autocommit: no transaction to begin or end per read."""
+        if self._watcher is None:
+            connection = self._engine.raw_connection()
+            connection.detach()  # never back to the pool: it is this watcher's
+            connection.dbapi_connection.autocommit = True  # type: ignore[union-attr]
+            self._watcher = connection
+        cursor = self._watcher.cursor()
+        try:
+            cursor.execute("SELECT pg_current_snapshot()::text")
+            return cursor.fetchone()[0]
+        finally:
+            cursor.close()
+
+    def _close_watcher(self) -> None:
+        if self._watcher is not None:
+            try:
+                self._watcher.close()
+            except Exception:  # noqa: BLE001 - it is being dropped
+                pass
+            self._watcher = None
 
     def close(self) -> None:
         with self._lock:
-            if self._watcher is not None:
-                self._watcher.close()
-                self._watcher = None
+            self._close_watcher()
 
 
 @dataclass(frozen=True)
@@ -140,12 +170,12 @@ class ListCache:
         self.pages = ResponseCache(max_bytes)
         self.enabled = max_bytes > 0 and self.version.supported
 
-    def respond(self, key: Hashable, session: Session, compute: Callable[[], Any]) -> Any:
+    def respond(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         """The kept page for `key` if the database has not changed since, else `compute()`
         (kept when it is a 200). Blocking: list routes run in the thread pool."""
         if not self.enabled:
             return compute()
-        version = self.version.read(session)
+        version = self.version.read()
         entry = self.pages.get(key, version)
         if entry is not None:
             return Response(entry.body, headers=dict(entry.headers))
@@ -161,9 +191,7 @@ class ListCache:
         self.version.close()
 
 
-def cached_list(
-    request: Request, caller: Caller, session: Session, compute: Callable[[], Response]
-) -> Response:
+def cached_list(request: Request, caller: Caller | None, compute: Callable[[], Any]) -> Any:
     """`compute()`'s answer to this route, query string and caller, kept while the database is
     unchanged. The query string counts as sent (`sort_by` twice is an order).
 
@@ -183,18 +211,16 @@ def cached_list(
         )
     )
     key = (request.url.path, request.scope.get("query_string", b""), who)
-    return cache.respond(key, session, compute)
+    return cache.respond(key, compute)
 
 
 def cached_page(endpoint: Callable[..., Any]) -> Callable[..., Any]:
     """A list route whose answers `cached_list` keeps: under `@router.get(...)`.
 
-    The route must take `session` (and, when what it lists depends on the caller, `caller`);
-    FastAPI sees the route's own parameters and one more, the request.
+    A route whose answer depends on the caller takes it as `caller`. FastAPI sees the route's
+    own parameters and, if it has none for the request, one more.
     """
     signature = inspect.signature(endpoint, eval_str=True)
-    if "session" not in signature.parameters:
-        raise TypeError(f"{endpoint.__name__} takes no session: its answers cannot be kept")
     own = next((name for name, p in signature.parameters.items() if p.annotation is Request), None)
     parameters = list(signature.parameters.values())
     if own is None:  # FastAPI hands the request to one parameter only: add one if the route has none
@@ -203,9 +229,7 @@ def cached_page(endpoint: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(endpoint)
     def route(*args: Any, **kwargs: Any) -> Any:
         request = kwargs[own] if own is not None else kwargs.pop(_REQUEST)
-        return cached_list(
-            request, kwargs.get("caller"), kwargs["session"], lambda: endpoint(*args, **kwargs)
-        )
+        return cached_list(request, kwargs.get("caller"), lambda: endpoint(*args, **kwargs))
 
     route.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
     return route

@@ -16,6 +16,7 @@ import platformdirs
 from traitlets import (
     Bool,
     Enum,
+    Float,
     Integer,
     List,
     TraitError,
@@ -32,6 +33,7 @@ from traitlets import (
 from traitlets.config import LoggingConfigurable
 
 from conda_store_server.exception import CondaStoreError
+from conda_store_server.lifecycle_settings import check_lifecycle_value
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -329,6 +331,56 @@ class CondaStore(LoggingConfigurable):
         "prefix, DIRECTORY) is removed.",
     )
 
+    # ----------------------------------------------------------------- storage lifecycle
+    build_retention_count = Integer(
+        None,
+        allow_none=True,
+        config=True,
+        help="Completed builds kept live per environment, newest first: older ones are archived "
+        "(prefix and heavy artifacts removed; specification, lockfile, YAML and logs kept, "
+        "restorable). The current build and the newest completed build are always kept. At least "
+        "1; None keeps every build. Also a namespace or environment setting. Example: 5.",
+    )
+    build_retention_days = Float(
+        None,
+        allow_none=True,
+        config=True,
+        help="Days after which a completed build is archived (see build_retention_count; the "
+        "current and the newest completed build are always kept). Greater than 0; None keeps "
+        "builds whatever their age. Also a namespace or environment setting. Example: 30.",
+    )
+    max_environments = Integer(
+        None,
+        allow_none=True,
+        config=True,
+        help="Environments a namespace may hold; creating one more is refused with a 409 naming "
+        "the limit and the count. None: no limit. Also a namespace setting. Example: 50.",
+    )
+    max_storage_bytes = Integer(
+        None,
+        allow_none=True,
+        config=True,
+        help="Bytes the live build prefixes of a namespace may occupy (hard links counted once); "
+        "a submission or restore once it is reached is refused with a 409 naming the limit and "
+        "the usage. None: no limit. Also a namespace setting. Example: 50 * 1024**3.",
+    )
+
+    package_cache_max_bytes = Integer(
+        None,
+        allow_none=True,
+        config=True,
+        help="Bytes the shared conda package cache may keep of packages no live build uses, as a "
+        "warm cache for rebuilds and restores: beyond it the least recently used go first. "
+        "Packages a live prefix or a running build uses are never removed, even over the bound. "
+        "None (default): every unused package is removed at each collection. Example: 20 * 1024**3.",
+    )
+    package_cache_gc_interval = Integer(
+        3600,
+        config=True,
+        help="Seconds between collections of the package caches (conda packages, uv's cache, image "
+        "blobs no live build uses); one worker of the deployment runs each. 0 disables them.",
+    )
+
     # ----------------------------------------------------------------- namespaces and ownership
     default_namespace = Unicode(
         "default",
@@ -457,6 +509,19 @@ class CondaStore(LoggingConfigurable):
                 f"c.CondaStore.build_key_version: invalid build key version "
                 f"{proposal['value']}, expected: (1, 2, 3)"
             )
+        return proposal["value"]
+
+    @validate("build_retention_count", "build_retention_days", "max_environments", "max_storage_bytes")
+    def _check_lifecycle_limits(self, proposal: dict[str, Any]) -> int | float | None:
+        try:
+            return check_lifecycle_value(proposal["trait"].name, proposal["value"])
+        except ValueError as error:
+            raise TraitError(f"c.CondaStore.{error}") from error
+
+    @validate("package_cache_max_bytes", "package_cache_gc_interval")
+    def _check_package_cache_numbers(self, proposal: dict[str, Any]) -> int | None:
+        if proposal["value"] is not None and proposal["value"] < 0:
+            raise TraitError(f"c.CondaStore.{proposal['trait'].name} must be 0 or more")
         return proposal["value"]
 
     @validate("default_permissions")

@@ -50,6 +50,7 @@ DEPLOYMENT_CONFIGURABLES = (
     "conda_store_server.server.auth.GithubOAuthAuthentication",
     "conda_store_server.server.auth.JupyterHubOAuthAuthentication",
     "conda_store_server.worker.app.CondaStoreWorker",
+    "conda_store_server.backup.BackupApplication",
     "conda_store_server.registry.ContainerRegistry",
 )
 

@@ -40,6 +40,7 @@ from conda_store_server.exception import (
     SpecificationError,
 )
 from conda_store_server.fetch_policy import check_specification_urls
+from conda_store_server.quotas import check_new_environment, check_storage
 from conda_store_server.settings import get_settings
 from conda_store_server.specification import (
     CondaSpecification,
@@ -211,6 +212,8 @@ def register_environment(
         if latest_sha256 == specification_hash(specification):
             return None
 
+    check_new_environment(session, conda_store, namespace_name, specification.name)
+    check_storage(session, conda_store, namespace_name)
     namespace = ensure_namespace(session, namespace_name)
     specification_row = ensure_specification(session, specification)
     environment = insert_once(
@@ -264,6 +267,7 @@ def rebuild(session: Session, conda_store: CondaStore, build_id: int) -> Build:
     if environment.deleted_on is not None:
         raise CondaStoreError(f"build {build_id} belongs to a deleted environment")
     conda_store.call_validate_action(environment.namespace.name, "environment::update")
+    check_storage(session, conda_store, environment.namespace.name)
     return create_build(session, conda_store, environment, previous.specification)
 
 

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from conda_store_server.db.models import KeyValueStore
 from conda_store_server.exception import CondaStoreError
+from conda_store_server.lifecycle_settings import LIFECYCLE_KEYS, NAMESPACE_LIMIT_KEYS, check_lifecycle_value
 
 if TYPE_CHECKING:
     from conda_store_server.app import CondaStore
@@ -70,6 +71,11 @@ class Settings(BaseModel):
     pypi_required_packages: list[str]
     pypi_included_packages: list[str]
     build_artifacts: list[str]
+    # the storage lifecycle (`conda_store_server.lifecycle_settings` checks their values)
+    build_retention_count: int | None = None
+    build_retention_days: float | None = None
+    max_environments: int | None = None
+    max_storage_bytes: int | None = None
 
     #: The DEPLOYMENT_ONLY_KEYS of the CondaStore read by `get_settings`: a private attribute,
     #: so it is not a field, never dumped and never validated as a setting.
@@ -173,6 +179,18 @@ def set_settings(
                 f"Setting {global_only[0]} is a global setting and cannot be set within a "
                 "namespace or environment"
             )
+    if environment is not None:
+        namespace_limits = sorted(set(data) & NAMESPACE_LIMIT_KEYS)
+        if namespace_limits:
+            raise CondaStoreError(
+                f"Setting {namespace_limits[0]} is a limit of a whole namespace: set it on the "
+                f"namespace {namespace} (or globally), not on one environment"
+            )
+    for key in sorted(set(data) & LIFECYCLE_KEYS):
+        try:
+            check_lifecycle_value(key, data[key])
+        except ValueError as error:
+            raise CondaStoreError(f"Invalid setting {error}") from error
     candidate = deployment_defaults(conda_store) | data
     try:
         Settings(**candidate).specification_policy()

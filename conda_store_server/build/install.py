@@ -11,6 +11,7 @@ import rattler
 
 from conda_store_server.build.entry_points import check_entry_points
 from conda_store_server.exception import BuildFailure
+from conda_store_server.package_gc import cache_lease, touch_entries
 
 log = logging.getLogger(__name__)
 
@@ -19,19 +20,22 @@ async def install(records: list[rattler.RepoDataRecord], prefix: str, package_ca
     """Hard-link from the shared cache (rattler locks each cache entry, so builds may run at once).
 
     Returns the bytes the packages installed, measured while checking them, so the prefix is
-    walked once rather than twice.
+    walked once rather than twice. The cache lease is held while linking, so the collector
+    never removes an entry this build links from.
     """
-    await check_entry_points(records, package_cache)
-    try:
-        await rattler.install(
-            records,
-            Path(prefix),
-            cache_dir=Path(package_cache),
-            show_progress=False,
-            execute_link_scripts=False,
-        )
-    except Exception as error:
-        raise _install_failure(records, error) from error
+    with cache_lease(package_cache):  # the package-cache collector waits (package_gc.py)
+        await check_entry_points(records, package_cache)
+        try:
+            await rattler.install(
+                records,
+                Path(prefix),
+                cache_dir=Path(package_cache),
+                show_progress=False,
+                execute_link_scripts=False,
+            )
+        except Exception as error:
+            raise _install_failure(records, error) from error
+        touch_entries(package_cache, [record.file_name for record in records])
     Path(prefix, "CACHEDIR.TAG").unlink(missing_ok=True)
     return check_installed_paths(prefix)
 

@@ -44,6 +44,7 @@ from conda_store_server.db.models import (
     Environment,
     utcnow,
 )
+from conda_store_server.disk_usage import record_build_storage
 from conda_store_server.exception import BuildFailure, CondaStoreError, SpecificationError
 from conda_store_server.fetch_policy import (
     Resolver,
@@ -55,6 +56,7 @@ from conda_store_server.fetch_policy import (
 )
 from conda_store_server.images.step import make_image
 from conda_store_server.redact import mask_credentials
+from conda_store_server.retention import apply_retention_after_build, archived_lockfile
 from conda_store_server.service import get_build, link_current_build, prefix_of, run_post_update_hook
 from conda_store_server.settings import Settings, get_settings
 from conda_store_server.specification import SpecificationPolicy, normalize_channel
@@ -78,6 +80,13 @@ class BuildPlan:
     is_lockfile: bool
     settings: Settings
     specification_sha256: str
+    #: an archived build installed again from its stored lockfile (`conda_store_server.retention`)
+    restoring: bool = False
+    #: whether the environment moves to this build when it completes (a restore: if asked)
+    becomes_current: bool = True
+    #: a restore's pip files came from the administrator's indexes, as the build resolved them
+    #: (`_pip_install` trusts those): only its conda URLs are checked again
+    pip_from_configured_indexes: bool = False
 
 
 def run_build(conda_store: CondaStore, build_id: int) -> BuildStatus:
@@ -127,17 +136,31 @@ def _run_build(conda_store: CondaStore, build_id: int, log: BuildLog) -> BuildSt
 
 def _plan(session: Session, conda_store: CondaStore, build: Build) -> BuildPlan:
     environment = build.environment
+    restoring = build.archived_on is not None
+    spec = {"lockfile": archived_lockfile(conda_store, build)} if restoring else build.specification.spec
     return BuildPlan(
         build_id=build.id,
         environment_name=environment.name,
         namespace=environment.namespace.name,
         key=build_key(identity_of(build)),
         prefix=prefix_of(conda_store, build),
-        spec=dict(build.specification.spec),
-        is_lockfile=build.specification.is_lockfile,
+        spec=dict(spec),
+        is_lockfile=restoring or build.specification.is_lockfile,
         settings=get_settings(session, conda_store, environment.namespace.name, environment.name),
         specification_sha256=build.specification.sha256,
+        restoring=restoring,
+        becomes_current=not restoring or build.current_after_restore,
+        pip_from_configured_indexes=restoring and _resolved_from_configured_indexes(conda_store, build),
     )
+
+
+def _resolved_from_configured_indexes(conda_store: CondaStore, build: Build) -> bool:
+    """The build resolved its pip entries from the deployment's indexes alone (no sources of its own)."""
+    if build.specification.is_lockfile:
+        return False
+    entries = _pip_entries(build.specification.spec)
+    options = pip.pip_options(entries, conda_store.pypi_index_url, conda_store.pypi_extra_index_urls)
+    return not options.names_sources
 
 
 def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
@@ -145,7 +168,7 @@ def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
     solve_started = time.monotonic()
     lock, channels = _lock(conda_store, plan, log)
     pip_entries = [] if plan.is_lockfile else _pip_entries(plan.spec)
-    if not pip_entries:  # otherwise the lockfile is complete only once pip has resolved
+    if not pip_entries and not plan.restoring:  # else complete only once pip has resolved
         _store_lockfile(conda_store, plan, lock)
     locked_pip = [pip.PipPackage.from_lock_entry(entry) for entry in lockfile.pip_packages(lock, host)]
     records_by_platform = lockfile.from_conda_lock(lock)
@@ -186,10 +209,12 @@ def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
     )
     with conda_store.session() as session:
         _record_packages(session, plan.build_id, plan.prefix, records)
+        record_build_storage(session, plan.build_id, plan.prefix)
     _complete(conda_store, plan, size, log)
     # a git package has no version an index could find: it is pinned to its commit instead
     pins = [p.requirement if p.is_git else f"{p.name}=={p.version}" for p in locked_pip]
     _make_artifacts(conda_store, plan, channels, pins, records_by_platform, log)
+    apply_retention_after_build(conda_store, plan.build_id)
 
 
 def _store_lockfile(conda_store: CondaStore, plan: BuildPlan, lock: dict[str, Any]) -> None:
@@ -318,7 +343,10 @@ def _check_urls(
 def _lock(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> tuple[dict[str, Any], list[str]]:
     if plan.is_lockfile:
         lock = {**plan.spec["lockfile"], "version": 1}
-        _check_urls(check_lockfile_urls, lock, plan.settings)
+        checked = lock
+        if plan.pip_from_configured_indexes:
+            checked = {**lock, "package": [p for p in lock.get("package", []) if p.get("manager") != "pip"]}
+        _check_urls(check_lockfile_urls, checked, plan.settings)
         channels = [
             c["url"] if isinstance(c, dict) else c for c in lock.get("metadata", {}).get("channels", [])
         ]
@@ -562,7 +590,14 @@ def _complete(conda_store: CondaStore, plan: BuildPlan, size: int, log: BuildLog
         result = session.execute(
             update(Build)
             .where(Build.id == plan.build_id, Build.status == BuildStatus.BUILDING)
-            .values(status=BuildStatus.COMPLETED, ended_on=utcnow(), size=size, status_info=None)
+            .values(
+                status=BuildStatus.COMPLETED,
+                ended_on=utcnow(),
+                size=size,
+                status_info=None,
+                archived_on=None,
+                current_after_restore=False,
+            )
             .execution_options(synchronize_session=False)
         )
         if not result.rowcount:
@@ -572,12 +607,14 @@ def _complete(conda_store: CondaStore, plan: BuildPlan, size: int, log: BuildLog
         )
         build = get_build(session, plan.build_id)
         environment: Environment = build.environment
-        if environment.deleted_on is None and build.deleted_on is None:
+        if environment.deleted_on is None and build.deleted_on is None and plan.becomes_current:
             environment.current_build_id = build.id
             session.flush()
             link_current_build(conda_store, environment, build)
             run_post_update_hook(conda_store, environment)
-    log.write(f"build {plan.build_id} COMPLETED ({size} bytes); it is now the current build")
+    restored = "restored from its lockfile and " if plan.restoring else ""
+    now = "it is now the current build" if plan.becomes_current else "the current build is unchanged"
+    log.write(f"build {plan.build_id} {restored}COMPLETED ({size} bytes); {now}")
 
 
 def _make_artifacts(

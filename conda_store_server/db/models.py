@@ -181,6 +181,11 @@ class Build(Base):
     # build which itself brings its workers down ends FAILED. The server default fills the rows
     # of a database created by the original, and of any writer that does not know the column.
     interruptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Storage lifecycle (ours, `conda_store_server.retention`): when the build lost its prefix
+    # and heavy artifacts (null: live), and whether the environment moves to it once a restore
+    # from its lockfile completes (a rollback to an archived build).
+    archived_on: Mapped[datetime.datetime | None] = mapped_column(DateTime)
+    current_after_restore: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
     specification: Mapped[Specification] = relationship()
     environment: Mapped[Environment] = relationship(back_populates="builds", foreign_keys=[environment_id])
@@ -188,6 +193,23 @@ class Build(Base):
         back_populates="build", cascade="all, delete-orphan", order_by="BuildArtifact.id"
     )
     package_builds: Mapped[list[CondaPackageBuild]] = relationship(secondary=build_conda_package_build)
+    storage_groups: Mapped[list[BuildStorageGroup]] = relationship(cascade="all, delete-orphan")
+
+
+class BuildStorageGroup(Base):
+    """Bytes of one build's prefix, by group of files that are stored once (ours).
+
+    A group is either the files only this prefix holds (`private:<build id>`) or the hard-linked
+    files of one package, keyed by a digest of their inodes: builds linking the same cached
+    files share a key, so a namespace's bytes are the sum over its distinct keys (hard links
+    counted once) without walking a prefix (`conda_store_server.disk_usage`).
+    """
+
+    __tablename__ = "build_storage_group"
+
+    build_id: Mapped[int] = mapped_column(ForeignKey("build.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(Unicode(64), primary_key=True)
+    bytes: Mapped[int] = mapped_column(BigInteger)
 
 
 class BuildArtifact(Base):

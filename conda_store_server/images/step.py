@@ -21,6 +21,7 @@ from conda_store_server.images.builder import Image, ImageFailure, ImageRequest,
 from conda_store_server.images.oci import blob_key, failure_key, manifest_key
 from conda_store_server.images.push import push_image
 from conda_store_server.images.registry_client import RegistryClient
+from conda_store_server.package_gc import cache_lease
 from conda_store_server.redact import mask_credentials
 from conda_store_server.registry import ContainerRegistry
 from conda_store_server.service import get_build
@@ -113,11 +114,15 @@ def make_image(
                 uv_cache=conda_store.uv_cache_directory,
             )
             targets = _push_targets(configuration, registries, build)
-        with temporary_directory(conda_store.store_directory) as scratch:
-            writer = ImageWriter(conda_store.storage, conda_store.package_cache_directory, Path(scratch), log)
-            image = writer.write(request)
-        conda_store.storage.set(manifest_key(build_key), image.content, image.media_type)
-        _record(conda_store, build_id, build_key, image)
+        # the lease keeps the package collector from the cache and the blobs until they are recorded
+        with cache_lease(conda_store.package_cache_directory):
+            with temporary_directory(conda_store.store_directory) as scratch:
+                writer = ImageWriter(
+                    conda_store.storage, conda_store.package_cache_directory, Path(scratch), log
+                )
+                image = writer.write(request)
+            conda_store.storage.set(manifest_key(build_key), image.content, image.media_type)
+            _record(conda_store, build_id, build_key, image)
     except ImageFailure as failure:
         _failed(conda_store, build_key, str(failure), log)
         return None

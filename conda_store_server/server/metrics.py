@@ -13,12 +13,14 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from conda_store_server.app import CondaStore
 from conda_store_server.db.models import Build, BuildStatus, CondaStoreConfiguration, Environment
+from conda_store_server.disk_usage import namespace_bytes
+from conda_store_server.periodic.package_cache import freed_totals
 from conda_store_server.periodic.storage import STORAGE_ROW_ID, existing_ancestor
 
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
@@ -44,6 +46,7 @@ class StoreCollector(Collector):
             stored = session.scalar(
                 select(func.coalesce(func.sum(Build.size), 0)).where(Build.deleted_on.is_(None))
             )
+            on_disk = namespace_bytes(session)
             durations = session.execute(
                 select(Build.started_on, Build.ended_on).where(
                     Build.status.in_([BuildStatus.COMPLETED, BuildStatus.FAILED]),
@@ -71,6 +74,43 @@ class StoreCollector(Collector):
             "conda_store_environments_size_bytes", "Bytes of the builds not deleted", value=stored
         )
         yield self._durations(durations)
+        live = GaugeMetricFamily(
+            "conda_store_namespace_bytes_on_disk",
+            "Bytes on disk of a namespace's live builds, hard links counted once",
+            labels=["namespace"],
+        )
+        archived = GaugeMetricFamily(
+            "conda_store_namespace_archived_bytes",
+            "Bytes a namespace's archived builds occupied (freed; taken again by restoring them)",
+            labels=["namespace"],
+        )
+        for name, usage in on_disk.items():
+            live.add_metric([name], usage.live)
+            archived.add_metric([name], usage.archived)
+        yield live
+        yield archived
+        yield from self._package_cache_collections()
+
+    def _package_cache_collections(self) -> Iterator[Any]:
+        """Collections run in a worker's child process; their totals are in the database, so
+        every server replica reports the same, and a worker's restart loses nothing."""
+        with self.conda_store.session() as session:
+            totals = freed_totals(session)
+        freed_bytes = CounterMetricFamily(
+            "conda_store_package_cache_freed_bytes",
+            "Bytes the package-cache collections removed, by cache (conda, pip, image)",
+            labels=["cache"],
+        )
+        freed_packages = CounterMetricFamily(
+            "conda_store_package_cache_freed_packages",
+            "Entries the package-cache collections removed: conda packages, wheels, image blobs",
+            labels=["cache"],
+        )
+        for cache, freed in sorted(totals.items()):
+            freed_bytes.add_metric([cache], freed.bytes)
+            freed_packages.add_metric([cache], freed.packages)
+        yield freed_bytes
+        yield freed_packages
 
     def _disk(self) -> Iterator[Any]:
         """What a worker last measured where builds are written; this machine's disk until then."""

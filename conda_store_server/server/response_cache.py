@@ -52,6 +52,7 @@ class DatabaseVersion:
         self._dialect = engine.dialect.name
         self._lock = threading.Lock()
         self._watcher: Any = None  # a sqlite3 connection, or a detached PostgreSQL one
+        self._warned = False
         database = engine.url.database
         self._sqlite_file = (
             Path(database).resolve()
@@ -82,7 +83,9 @@ class DatabaseVersion:
                 if self._dialect == "postgresql":
                     return self._postgres_snapshot()
             except Exception:  # noqa: BLE001 - a version not read only means a page computed
-                log.warning("the database version could not be read; lists are computed", exc_info=True)
+                if not self._warned:  # once: a database that cannot tell would say so at every request
+                    log.warning("the database version cannot be read; list pages are not kept", exc_info=True)
+                    self._warned = True
                 self._close_watcher()
         return None
 

@@ -68,6 +68,9 @@ class Build(BaseModel):
     started_on: datetime.datetime | None = None
     ended_on: datetime.datetime | None = None
     build_artifacts: list[BuildArtifact] | None = None
+    # ours: an archived build has no prefix nor heavy artifacts until restored
+    archived: bool = False
+    archived_on: datetime.datetime | None = None
 
     @classmethod
     def of(cls, build: models.Build, detail: bool = True) -> Build:
@@ -89,6 +92,8 @@ class Build(BaseModel):
             ]
             if detail
             else None,
+            archived=build.archived_on is not None,
+            archived_on=build.archived_on,
         )
 
 

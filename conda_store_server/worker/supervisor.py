@@ -38,6 +38,7 @@ from conda_store_server.build.logs import FLUSH_INTERVAL_SECONDS, LogShipper, sp
 from conda_store_server.db.models import Build, BuildStatus, utcnow
 from conda_store_server.db.session import refresh_query_statistics
 from conda_store_server.periodic import claim_run
+from conda_store_server.periodic.retention import run_storage_lifecycle
 from conda_store_server.periodic.storage import record_storage_metrics
 from conda_store_server.service import get_build, kept_artifacts, purge_build_files
 from conda_store_server.worker.watch_paths import register_watched_environments
@@ -60,6 +61,7 @@ WATCH_PATHS_EVERY_SECONDS = 10.0
 STORAGE_METRICS_EVERY_SECONDS = 60.0
 QUERY_STATISTICS_EVERY_SECONDS = 3600.0
 INDEX_CHANNELS_EVERY_SECONDS = 3600.0
+STORAGE_LIFECYCLE_EVERY_SECONDS = 600.0
 # the interruption (its worker stopped or died) that ends a build FAILED instead of queued again:
 # a build that itself brings its workers down (memory, disk) must not circle the queue forever
 MAX_BUILD_INTERRUPTIONS = 3
@@ -74,6 +76,7 @@ FORK_SERVER_PRELOAD = (
     "conda_store_server.worker.supervisor",
     "conda_store_server.build.pipeline",
     "conda_store_server.periodic.channels",
+    "conda_store_server.periodic.package_cache",
     "conda_store_server.worker.fork_server_warmup",
 )
 
@@ -150,6 +153,8 @@ class Supervisor:
         self._last_heartbeat = 0.0
         self._context = build_process_context()
         self._indexer: BaseProcess | None = None
+        self._collector: BaseProcess | None = None
+        self._lifecycle: threading.Thread | None = None
         self._not_before: dict[str, float] = {}  # periodic job -> monotonic time it can be due
         # build logs: the children write spool files, a thread of this process ships them
         self._logs = LogShipper(conda_store.storage, conda_store.store_directory)
@@ -216,9 +221,10 @@ class Supervisor:
                 if running.stopping_reason is None:  # a cancel or a timeout under way keeps its outcome
                     running.stopping_reason = (BuildStatus.QUEUED, f"its worker {self.worker_id} was stopped")
                 _kill(running)
-        if self._indexer is not None and self._indexer.is_alive():
-            self._indexer.terminate()
-            self._indexer.join(KILL_GRACE_SECONDS)
+        for child in (self._indexer, self._collector):
+            if child is not None and child.is_alive():
+                child.terminate()
+                child.join(KILL_GRACE_SECONDS)
         # SIGTERM, then SIGKILL after the grace period: every child is gone within seconds, and
         # every task thread waiting on its build is released, so Celery's shutdown can finish
         deadline = time.monotonic() + KILL_GRACE_SECONDS * 3
@@ -426,6 +432,18 @@ class Supervisor:
         if self._due("query-statistics", QUERY_STATISTICS_EVERY_SECONDS):
             refresh_query_statistics(self.conda_store.engine)
         self._index_channels_when_due()
+        self._collect_package_caches_when_due()
+        self._storage_lifecycle_when_due()
+
+    def _storage_lifecycle_when_due(self) -> None:
+        """In a thread: removing prefixes takes long, and heartbeats must not wait for it."""
+        if self._lifecycle is not None and self._lifecycle.is_alive():
+            return
+        if self._due("storage-lifecycle", STORAGE_LIFECYCLE_EVERY_SECONDS):
+            self._lifecycle = threading.Thread(
+                target=_storage_lifecycle, args=(self.conda_store,), name="storage-lifecycle", daemon=True
+            )
+            self._lifecycle.start()
 
     def _due(self, name: str, every_seconds: float) -> bool:
         """The database is asked only once the job can be due: the next run time read at the
@@ -456,6 +474,24 @@ class Supervisor:
                 target=_index_child_main, args=(self.recipe,), name="index-channels", daemon=False
             )
             self._indexer.start()
+
+    def _collect_package_caches_when_due(self) -> None:
+        """In a child, as indexing: removing thousands of files must not delay heartbeats."""
+        if self._collector is not None:
+            if self._collector.is_alive():
+                return
+            self._collector.join()
+            self._collector = None
+        interval = self.conda_store.package_cache_gc_interval
+        if interval and "package-cache-gc" not in self._not_before:
+            # not at start-up: a worker starting beside a freshly warmed cache leaves it warm
+            self._not_before["package-cache-gc"] = time.monotonic() + interval
+            return
+        if interval and self._due("package-cache-gc", interval):
+            self._collector = self._context.Process(
+                target=_collect_child_main, args=(self.recipe,), name="package-cache-gc", daemon=False
+            )
+            self._collector.start()
 
     def _reap(self) -> None:
         for build_id, running in list(self.running.items()):
@@ -706,16 +742,36 @@ def _end_with_worker() -> None:
     threading.Thread(target=watch, name="end-with-worker", daemon=True).start()
 
 
+def _storage_lifecycle(conda_store: CondaStore) -> None:
+    try:
+        run_storage_lifecycle(conda_store)
+    except Exception:
+        log.exception("the storage lifecycle pass failed; it runs again next period")
+
+
 def _index_child_main(recipe: StoreRecipe) -> None:
-    die_with_parent()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     from conda_store_server.periodic.channels import index_channels
 
+    _periodic_child(recipe, index_channels, "indexing the channels failed")
+
+
+def _collect_child_main(recipe: StoreRecipe) -> None:
+    from conda_store_server.periodic.package_cache import collect_package_caches
+
+    _periodic_child(
+        recipe, collect_package_caches, "collecting the package caches failed; it runs again next period"
+    )
+
+
+def _periodic_child(recipe: StoreRecipe, work: Callable[[CondaStore], object], failure: str) -> None:
+    """A periodic job in a child process of its own, ended as a build child is."""
+    die_with_parent()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     code = 0
     try:
-        index_channels(recipe.make())
+        work(recipe.make())
     except BaseException:
-        log.exception("indexing the channels failed")
+        log.exception(failure)
         code = 1
     finally:
         logging.shutdown()

@@ -288,6 +288,7 @@ def api_list_builds(
     environment_id: int | None = Query(None, ge=0, le=MAX_ID),
     name: str | None = Query(None, max_length=255, description="Environment name"),
     namespace: str | None = Query(None, max_length=255),
+    archived: bool | None = Query(None, description="Only archived (true) or live (false) builds"),
     caller: Caller = CallerDependency,
     session: Session = SessionDependency,
     arguments: PageArguments = Page,
@@ -312,6 +313,8 @@ def api_list_builds(
         query = query.where(Environment.name == name)
     if namespace is not None:
         query = query.where(Namespace.name == namespace)
+    if archived is not None:
+        query = query.where(Build.archived_on.is_not(None) if archived else Build.archived_on.is_(None))
     rows, fields = paginate(session, query, arguments, BUILD_SORT, ["id"], Build.id)
     return ok_page([schema.Build.of(b, detail=False).model_dump(mode="json") for b in rows], fields)
 

@@ -9,6 +9,7 @@ from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
 from conda_store_server.db.models import Build, Environment, Namespace
+from conda_store_server.disk_usage import NamespaceBytes, namespace_bytes
 from conda_store_server.server.dependencies import Caller, CallerDependency, SessionDependency
 from conda_store_server.server.pagination import visible_filter
 
@@ -35,8 +36,17 @@ def api_usage(caller: Caller = CallerDependency, session: Session = SessionDepen
         .group_by(Namespace.name)
         .order_by(Namespace.name)
     )
+    # bytes on disk (ours): measured once per build, hard links counted once per namespace
+    visible = visible_filter(caller.bindings, Namespace.name, Environment.name)
+    on_disk = namespace_bytes(session, where=visible)
     data = {
-        name: {"num_environments": environments, "num_builds": builds, "storage": int(storage)}
+        name: {
+            "num_environments": environments,
+            "num_builds": builds,
+            "storage": int(storage),
+            "bytes_on_disk": on_disk.get(name, NamespaceBytes()).live,
+            "archived_bytes": on_disk.get(name, NamespaceBytes()).archived,
+        }
         for name, environments, builds, storage in rows
     }
     return {"status": "ok", "data": data, "message": None}

@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from conda_store_server import __version__, pixi_lock, service
+from conda_store_server import __version__, pixi_lock, retention, service
 from conda_store_server.app import CondaStore
 from conda_store_server.build.keys import build_key, identity_of
 from conda_store_server.db.models import BuildArtifactType, Namespace
@@ -148,11 +148,12 @@ def api_update_environment(
         raise service.CondaStoreError(
             f"environment namespace={namespace} name={name} does not exist"
         ) from error
+    message = None
     if body.build_id is not None:
-        service.set_current_build(session, conda_store, environment, body.build_id)
+        message = retention.set_current_or_restore(session, conda_store, environment, body.build_id)
     if body.description is not None:
         environment.description = body.description
-    return {"status": "ok", "message": None}
+    return {"status": "ok", "message": message}
 
 
 @router.delete("/environment/{namespace}/{name}/")
@@ -228,6 +229,19 @@ def api_rebuild(
     _readable_build(session, caller, build_id, Permissions.ENVIRONMENT_UPDATE)
     build = service.rebuild(session, conda_store, build_id)
     return ok({"build_id": build.id}, "rebuild triggered")
+
+
+@router.post("/build/{build_id}/restore/")
+def api_restore_build(
+    build_id: BuildId,
+    caller: Caller = CallerDependency,
+    session: Session = SessionDependency,
+    conda_store: CondaStore = StoreDependency,
+) -> dict[str, Any]:
+    """Rebuild an archived build from its lockfile into its own prefix (ours)."""
+    _readable_build(session, caller, build_id, Permissions.ENVIRONMENT_UPDATE)
+    build = retention.restore_build(session, conda_store, build_id)
+    return ok({"build_id": build.id}, f"build {build_id} queued to be restored from its lockfile")
 
 
 @router.put("/build/{build_id}/cancel/")

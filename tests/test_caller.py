@@ -33,3 +33,36 @@ def test_role_mappings_are_read_in_a_thread_and_refused_on_the_event_loop(conda_
         assert caller.database_bindings == {"lab/*": {"viewer"}}
         assert caller.can("lab/env", Permissions.ENVIRONMENT_READ)
         assert not caller.can("other/env", Permissions.ENVIRONMENT_READ)
+
+
+def test_callers_of_concurrent_requests_read_their_mappings_at_the_same_time() -> None:
+    """No lock is shared between callers: two requests' threads are inside the read at once
+    (with `functools.cached_property` on Python 3.11 the second waited for the first, which
+    held the lock while it waited for a database connection: a deadlock under load)."""
+    import threading
+
+    both_inside = threading.Barrier(2, timeout=10)
+
+    class Waiting:
+        def database_role_bindings(self, session, entity):
+            both_inside.wait()  # broken (BrokenBarrierError) unless both threads get here
+            return {f"{entity.primary_namespace}/*": {"viewer"}}
+
+    class Authentication:
+        authorization = Waiting()
+
+    results: dict[str, object] = {}
+
+    def read(name: str) -> None:
+        caller = Caller(AuthenticationToken(primary_namespace=name), Authentication(), "default", object())
+        try:
+            results[name] = caller.database_bindings
+        except threading.BrokenBarrierError as error:
+            results[name] = error
+
+    threads = [threading.Thread(target=read, args=(name,)) for name in ("ann", "bob")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert results == {"ann": {"ann/*": {"viewer"}}, "bob": {"bob/*": {"viewer"}}}

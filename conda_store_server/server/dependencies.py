@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request
@@ -57,15 +56,29 @@ class Caller:
     authentication: Authentication
     default_namespace: str
     session: Session | None = None  # the request's, where role mappings are read; None: none are
+    _database_bindings: dict[str, set[str]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
-    @functools.cached_property
+    @property
     def database_bindings(self) -> dict[str, set[str]]:
         """The namespaces' role mappings for this entity, read on first use, in the handler's
-        thread: every request needs the caller, not every caller needs the database."""
-        if self.entity is None or self.session is None:
-            return {}
-        refuse_on_event_loop("reading the caller's role mappings")
-        return self.authentication.authorization.database_role_bindings(self.session, self.entity)
+        thread: every request needs the caller, not every caller needs the database.
+
+        Kept on the instance by hand, not with `functools.cached_property`: before Python 3.12
+        that takes one lock for every instance of the class, so under load every request's
+        thread queued behind the one reading its mappings, which held that lock while it
+        waited for a database connection the queued threads held (a deadlock at 64 connections
+        on PostgreSQL). A caller belongs to one request, so it needs no lock at all.
+        """
+        if self._database_bindings is None:
+            if self.entity is None or self.session is None:
+                return {}
+            refuse_on_event_loop("reading the caller's role mappings")
+            self._database_bindings = self.authentication.authorization.database_role_bindings(
+                self.session, self.entity
+            )
+        return self._database_bindings
 
     @property
     def bindings(self) -> dict[str, set[str]]:

@@ -214,7 +214,7 @@ PIP_STEPS = (
     ("conda_store_server.build.pip", "conda_distributions", "pip.conda_distributions"),
     ("conda_store_server.build.pip", "install", "pip.install"),
     ("conda_store_server.build.pip", "with_dependencies", "pip.with_dependencies"),
-    ("conda_store_server.build.pip", "installed_size", "pip.installed_size"),
+    ("conda_store_server.build.pip", "check_installed_files", "pip.check_installed_files"),
     ("conda_store_server.build.pipeline", "_store_lockfile", "_store_lockfile"),
     ("conda_store_server.build.pipeline", "_lock", "_lock (conda solve + checks)"),
     ("conda_store_server.build.install", "install", "install.install (conda)"),
@@ -376,7 +376,7 @@ def report(result: dict[str, Any]) -> str:
     row("        uv pip install (subprocess)", s, UV_LABEL.format("pip", "install"))
     row("          uv says: installed", s, "service uv: installed")
     row("      with_dependencies", s, "pip.with_dependencies")
-    row("      installed_size", s, "pip.installed_size")
+    row("      check_installed_files", s, "pip.check_installed_files")
     row("      (log: resolved in)", s, "pip_resolved_log")
     shown = {label for _, _, label in PIP_STEPS[:7]}
     shown |= {UV_LABEL.format("pip", command) for command in ("compile", "install")}

@@ -27,6 +27,7 @@ from sqlalchemy import ColumnElement, and_, case, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from conda_store_server.db.models import Build, BuildStatus, BuildStorageGroup, Environment, Namespace
+from conda_store_server.prefix_files import FileStats, entries
 
 __all__ = [
     "NamespaceBytes",
@@ -48,18 +49,27 @@ class NamespaceBytes:
     archived: int = 0
 
 
+def _normalised(relative: str) -> str:
+    """A recorded path as the walk spells it; most are already (normpath costs as much as a stat)."""
+    if relative.startswith(".") or "//" in relative or "/." in relative or relative.endswith("/"):
+        return os.path.normpath(relative)
+    return relative
+
+
 def _owners(root: str) -> dict[str, str]:
     """Path (relative to the prefix) -> the conda package or pip distribution that installed it."""
     owners: dict[str, str] = {}
     for meta in Path(root, "conda-meta").glob("*.json"):
         try:
-            files = json.loads(meta.read_text()).get("files", [])
+            files = json.loads(meta.read_bytes()).get("files", [])
         except (OSError, ValueError):
             continue
+        owner = f"conda:{meta.stem}"
         for relative in files:
-            owners.setdefault(os.path.normpath(relative), f"conda:{meta.stem}")
+            owners.setdefault(_normalised(relative), owner)
     for record in Path(root).glob("lib/python*/site-packages/*.dist-info/RECORD"):
-        site_packages = record.parent.parent
+        site_packages = os.path.relpath(record.parent.parent, root)
+        owner = f"pip:{record.parent.name}"
         try:
             lines = record.read_text(errors="replace").splitlines()
         except OSError:
@@ -67,15 +77,27 @@ def _owners(root: str) -> dict[str, str]:
         for line in lines:
             path = line.rsplit(",", 2)[0] if line.count(",") >= 2 else line
             if path:
-                relative = os.path.relpath(os.path.normpath(site_packages / path), root)
-                owners.setdefault(relative, f"pip:{record.parent.name}")
+                owners.setdefault(os.path.normpath(f"{site_packages}/{path}"), owner)
     return owners
 
 
-def measure_prefix(prefix: str) -> tuple[int, dict[str, int]]:
+def _regular_files(root: str) -> FileStats:
+    found: FileStats = []
+    for relative, entry in entries(root):
+        if entry.is_file(follow_symlinks=False):
+            try:
+                found.append((relative, entry.stat(follow_symlinks=False)))
+            except OSError:
+                continue
+    return found
+
+
+def measure_prefix(prefix: str, files: FileStats | None = None) -> tuple[int, dict[str, int]]:
     """(private bytes, {group key: bytes}) of a prefix's regular files, each inode once.
 
-    Symbolic links and directories are not counted; a missing prefix measures nothing.
+    Symbolic links and directories are not counted; a missing prefix measures nothing. `files`
+    are the prefix's regular files as a walk just found them (`permissions.apply_ownership`
+    returns them), so that a build walks its prefix once; without them the prefix is walked.
     """
     root = os.path.realpath(prefix)
     if not os.path.isdir(root):
@@ -84,32 +106,15 @@ def measure_prefix(prefix: str) -> tuple[int, dict[str, int]]:
     seen: set[tuple[int, int]] = set()
     private = 0
     shared: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
-    stack = [root]
-    while stack:
-        directory = stack.pop()
-        try:
-            entries = list(os.scandir(directory))
-        except OSError:
+    for relative, stat in _regular_files(root) if files is None else files:
+        inode = (stat.st_dev, stat.st_ino)
+        if inode in seen:
             continue
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                stack.append(entry.path)
-                continue
-            if not entry.is_file(follow_symlinks=False):
-                continue
-            try:
-                stat = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            inode = (stat.st_dev, stat.st_ino)
-            if inode in seen:
-                continue
-            seen.add(inode)
-            if stat.st_nlink <= 1:
-                private += stat.st_size
-            else:
-                owner = owners.get(os.path.relpath(entry.path, root), UNOWNED)
-                shared[owner].append((stat.st_dev, stat.st_ino, stat.st_size))
+        seen.add(inode)
+        if stat.st_nlink <= 1:
+            private += stat.st_size
+        else:
+            shared[owners.get(relative, UNOWNED)].append((stat.st_dev, stat.st_ino, stat.st_size))
     groups: dict[str, int] = {}
     for files in shared.values():
         files.sort()
@@ -119,9 +124,9 @@ def measure_prefix(prefix: str) -> tuple[int, dict[str, int]]:
     return private, groups
 
 
-def record_build_storage(session: Session, build_id: int, prefix: str) -> int:
+def record_build_storage(session: Session, build_id: int, prefix: str, files: FileStats | None = None) -> int:
     """Measure the build's prefix and store its groups (replacing earlier ones); its bytes."""
-    private, groups = measure_prefix(prefix)
+    private, groups = measure_prefix(prefix, files)
     rows = [{"build_id": build_id, "key": key, "bytes": size} for key, size in groups.items()]
     rows.append({"build_id": build_id, "key": f"{PRIVATE_PREFIX}{build_id}", "bytes": private})
     session.execute(delete(BuildStorageGroup).where(BuildStorageGroup.build_id == build_id))

@@ -16,12 +16,12 @@ from conda_store_server.package_gc import cache_lease, touch_entries
 log = logging.getLogger(__name__)
 
 
-async def install(records: list[rattler.RepoDataRecord], prefix: str, package_cache: str) -> int:
+async def install(records: list[rattler.RepoDataRecord], prefix: str, package_cache: str) -> None:
     """Hard-link from the shared cache (rattler locks each cache entry, so builds may run at once).
 
-    Returns the bytes the packages installed, measured while checking them, so the prefix is
-    walked once rather than twice. The cache lease is held while linking, so the collector
-    never removes an entry this build links from.
+    The cache lease is held while linking, so the collector never removes an entry this build
+    links from. The prefix's size is measured once, when the build is complete
+    (`disk_usage.record_build_storage`), not here: pip and the ownership step change it after.
     """
     with cache_lease(package_cache):  # the package-cache collector waits (package_gc.py)
         await check_entry_points(records, package_cache)
@@ -37,7 +37,7 @@ async def install(records: list[rattler.RepoDataRecord], prefix: str, package_ca
             raise _install_failure(records, error) from error
         touch_entries(package_cache, [record.file_name for record in records])
     Path(prefix, "CACHEDIR.TAG").unlink(missing_ok=True)
-    return check_installed_paths(prefix)
+    check_installed_paths(prefix)
 
 
 def _install_failure(records: list[rattler.RepoDataRecord], error: Exception) -> BuildFailure:
@@ -57,36 +57,39 @@ def inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root + os.sep)
 
 
-def check_installed_paths(prefix: str) -> int:
+def check_installed_paths(prefix: str) -> None:
     """Every path a package installed must stay inside the prefix (defence beyond rattler's own).
 
-    A path can escape lexically (`..`, absolute) or through a symlinked directory, so each
-    directory is resolved once (packages share few directories among thousands of files).
-    Returns the bytes on disk of the installed files and their records, each inode counted once.
+    A path can escape lexically (`..`, absolute) or through a symlinked directory. Thousands of
+    files share a few hundred directories, so each directory is looked at once (one `lstat`,
+    and `realpath` only for a symlink), its verdict inherited by what lies below it.
     """
     root = os.path.realpath(prefix)
-    resolved: dict[str, str] = {}
-    seen: set[tuple[int, int]] = set()
-    total = 0
+    contained: dict[str, bool] = {"": True}
+
+    def directory_inside(directory: str) -> bool:
+        verdict = contained.get(directory)
+        if verdict is None:
+            parent = directory.rpartition("/")[0]
+            verdict = directory_inside(parent)
+            path = os.path.join(root, directory)
+            if verdict and os.path.islink(path):
+                verdict = inside(os.path.realpath(path), root)
+            contained[directory] = verdict
+        return verdict
+
     for meta in sorted(Path(root, "conda-meta").glob("*.json")):
-        total += meta.stat().st_size
-        record = json.loads(meta.read_text())
+        record = json.loads(meta.read_bytes())
         for relative in record.get("files", []):
-            target = os.path.normpath(os.path.join(root, relative))
-            directory = os.path.dirname(target)
-            parent = resolved.get(directory)
-            if parent is None:
-                parent = resolved[directory] = os.path.realpath(directory)
-            if os.path.isabs(relative) or not inside(target, root) or not inside(parent, root):
+            if relative.startswith("/") or ".." in relative or "//" in relative or "./" in relative:
+                normalised = os.path.normpath(relative)
+                lexically_inside = not os.path.isabs(relative) and inside(
+                    os.path.normpath(os.path.join(root, relative)), root
+                )
+            else:
+                normalised, lexically_inside = relative, True
+            if not lexically_inside or not directory_inside(normalised.rpartition("/")[0]):
                 raise BuildFailure(
                     f"Package {record.get('name')} installs {relative!r} outside the environment "
                     "prefix; the build was stopped and the package must be fixed."
                 )
-            try:
-                stat = os.lstat(target)
-            except FileNotFoundError:
-                continue
-            if (stat.st_dev, stat.st_ino) not in seen:
-                seen.add((stat.st_dev, stat.st_ino))
-                total += stat.st_size
-    return total

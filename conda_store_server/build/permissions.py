@@ -12,12 +12,15 @@ from pathlib import Path
 
 from conda_store_server.exception import BuildFailure
 from conda_store_server.package_gc import cache_lease, owned_root
+from conda_store_server.prefix_files import FileStats, entries
 
 # (st_dev, st_ino) of a cache file -> (package cache, entry, path inside the entry)
 CacheFiles = dict[tuple[int, int], tuple[str, str, str]]
 
 
-def apply_ownership(prefix: str, uid: int | None, gid: int | None, permissions: str | None) -> None:
+def apply_ownership(
+    prefix: str, uid: int | None, gid: int | None, permissions: str | None
+) -> FileStats | None:
     """chown/chmod every entry; files only get execute bits the mode grants and they already had.
 
     Without an owner change, the mode is set through the hard links into the shared package
@@ -32,11 +35,15 @@ def apply_ownership(prefix: str, uid: int | None, gid: int | None, permissions: 
     (`<store>/.pkgs-owned/<uid>-<gid>-<mode>/<entry>/...`): every environment shares it, so the
     deployment stores each package twice (cache and owned copy), not once per build. Files
     hard-linked from elsewhere (uv's cache) are still copied into the prefix.
+
+    Returns the prefix's regular files with their `lstat` as the pass left them, for the storage
+    measure that follows (`disk_usage.record_build_storage`), or None when there was nothing to
+    change and so no walk.
     """
     mode = int(permissions, 8) if permissions else None
     wants_owner = (uid is not None and uid != os.getuid()) or (gid is not None and gid != os.getgid())
     if mode is None and not wants_owner:
-        return
+        return None
     cache_files, package_cache = _cache_files(prefix) if wants_owner else ({}, None)
     owner_key = (
         f"{uid if uid is not None else 'same'}-{gid if gid is not None else 'same'}-{permissions or 'asis'}"
@@ -44,7 +51,7 @@ def apply_ownership(prefix: str, uid: int | None, gid: int | None, permissions: 
     lease = cache_lease(package_cache) if package_cache else contextlib.nullcontext()
     try:
         with lease:  # the package-cache collector must not remove what is being shared
-            _apply(prefix, uid, gid, mode, wants_owner, cache_files, owner_key)
+            return _apply(prefix, uid, gid, mode, wants_owner, cache_files, owner_key)
     except PermissionError as error:
         raise BuildFailure(
             f"Cannot apply default_uid={uid}, default_gid={gid}, default_permissions={permissions} "
@@ -61,39 +68,44 @@ def _apply(
     wants_owner: bool,
     cache_files: CacheFiles,
     owner_key: str,
-) -> None:
+) -> FileStats:
     new_uid, new_gid = -1 if uid is None else uid, -1 if gid is None else gid
-    for root, directories, files in os.walk(prefix):
-        for name in directories:
-            path = os.path.join(root, name)
-            if mode is not None and not os.path.islink(path):
+    files: FileStats = []
+    for relative, entry in entries(prefix):
+        path = entry.path
+        info = entry.stat(follow_symlinks=False)
+        if stat.S_ISLNK(info.st_mode):
+            if wants_owner:
+                os.lchown(path, new_uid, new_gid)
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            if mode is not None and stat.S_IMODE(info.st_mode) != mode:
                 os.chmod(path, mode)
             if wants_owner:
                 os.lchown(path, new_uid, new_gid)
-        for name in files:
-            path = os.path.join(root, name)
-            info = os.lstat(path)
-            if stat.S_ISLNK(info.st_mode):
-                if wants_owner:
-                    os.lchown(path, new_uid, new_gid)
+            continue
+        wanted = stat.S_IMODE(info.st_mode)
+        if mode is not None:
+            wanted = (mode & ~0o111) | (mode & info.st_mode & 0o111)
+        if wants_owner and info.st_nlink > 1:
+            source = cache_files.get((info.st_dev, info.st_ino))
+            if source is not None:
+                _link_owned_copy(path, source, owner_key, new_uid, new_gid, wanted)
+                files.append((relative, os.lstat(path)))
                 continue
-            wanted = stat.S_IMODE(info.st_mode)
-            if mode is not None:
-                wanted = (mode & ~0o111) | (mode & info.st_mode & 0o111)
-            if wants_owner and info.st_nlink > 1:
-                source = cache_files.get((info.st_dev, info.st_ino))
-                if source is not None:
-                    _link_owned_copy(path, source, owner_key, new_uid, new_gid, wanted)
-                    continue
-                _unshare(path)
-            if stat.S_IMODE(info.st_mode) != wanted:
-                os.chmod(path, wanted)
-            if wants_owner:
-                os.chown(path, new_uid, new_gid)
+            _unshare(path)
+        if stat.S_IMODE(info.st_mode) != wanted:
+            os.chmod(path, wanted)
+        if wants_owner:
+            os.chown(path, new_uid, new_gid)
+            info = os.lstat(path)
+        if stat.S_ISREG(info.st_mode):
+            files.append((relative, info))
     if mode is not None:
         os.chmod(prefix, mode)
     if wants_owner:
         os.chown(prefix, new_uid, new_gid)
+    return files
 
 
 def _cache_files(prefix: str) -> tuple[CacheFiles, str | None]:

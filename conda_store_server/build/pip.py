@@ -53,13 +53,13 @@ __all__ = [
     "PipOptions",
     "PipPackage",
     "SolveBudget",
+    "check_installed_files",
     "chosen_file",
     "conda_distributions",
     "git_requirements",
     "git_url",
     "inspect_interpreter",
     "install",
-    "installed_size",
     "pip_options",
     "resolution_failure",
     "resolve",
@@ -735,10 +735,10 @@ def _requirements(lines: Iterable[str]) -> list[Requirement]:
     return parsed
 
 
-def installed_size(prefix: str, interpreter: Interpreter, packages: list[PipPackage]) -> int:
-    """Bytes the pip packages installed; every file they record must lie inside the prefix."""
+def check_installed_files(prefix: str, interpreter: Interpreter, packages: list[PipPackage]) -> None:
+    """Every file the pip packages record must lie inside the prefix: the defence beyond the
+    installer's own, as `install.check_installed_paths` is for conda's packages."""
     root = os.path.realpath(prefix)
-    total = 0
     for name, distribution in _installed(interpreter, [p.name for p in packages]).items():
         for file in distribution.files or []:
             path = os.path.realpath(str(file.locate()))
@@ -747,6 +747,3 @@ def installed_size(prefix: str, interpreter: Interpreter, packages: list[PipPack
                     f"The pip package {name} installed {str(file)!r} outside the environment prefix; "
                     "the build was stopped and the package must be fixed"
                 )
-            if os.path.isfile(path):
-                total += os.path.getsize(path)
-    return total

@@ -187,12 +187,12 @@ def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
     for record in sorted(records, key=lambda r: r.name.normalized):
         log.write(f"  {record.name.normalized} {record.version} {record.build}  {record.url}")
     started = time.monotonic()
-    size = asyncio.run(install.install(records, plan.prefix, conda_store.package_cache_directory))
+    asyncio.run(install.install(records, plan.prefix, conda_store.package_cache_directory))
     log.write(f"installed in {time.monotonic() - started:.2f} s")
 
     if pip_entries:
         budget = pip.SolveBudget(plan.settings.conda_max_solve_time, solve_started)
-        locked_pip, pip_size = _pip_install(conda_store, plan, pip_entries, budget, log)
+        locked_pip = _pip_install(conda_store, plan, pip_entries, budget, log)
         lock = lockfile.with_pip_packages(lock, host, locked_pip)
         by_package = pip.distributions_by_conda_package(plan.prefix)
         for platform, other in sorted(records_by_platform.items()):
@@ -200,16 +200,15 @@ def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
                 packages = _pip_lock(conda_store, plan, pip_entries, other, platform, by_package, budget, log)
                 lock = lockfile.with_pip_packages(lock, platform, packages)
         _store_lockfile(conda_store, plan, lock)
-        size += pip_size
     elif locked_pip:
-        size += _pip_install_locked(conda_store, plan, locked_pip, log)
+        _pip_install_locked(conda_store, plan, locked_pip, log)
 
-    apply_ownership(
+    files = apply_ownership(
         plan.prefix, plan.settings.default_uid, plan.settings.default_gid, plan.settings.default_permissions
     )
     with conda_store.session() as session:
         _record_packages(session, plan.build_id, plan.prefix, records)
-        record_build_storage(session, plan.build_id, plan.prefix)
+        size = record_build_storage(session, plan.build_id, plan.prefix, files)
     _complete(conda_store, plan, size, log)
     # a git package has no version an index could find: it is pinned to its commit instead
     pins = [p.requirement if p.is_git else f"{p.name}=={p.version}" for p in locked_pip]
@@ -240,7 +239,7 @@ def _pip_entries(spec: dict[str, Any]) -> list[str]:
 
 def _pip_install(
     conda_store: CondaStore, plan: BuildPlan, entries: list[str], budget: pip.SolveBudget, log: BuildLog
-) -> tuple[list[pip.PipPackage], int]:
+) -> list[pip.PipPackage]:
     """Resolve the specification's pip entries for the environment's python and install them."""
     options = pip.pip_options(entries, conda_store.pypi_index_url, conda_store.pypi_extra_index_urls)
     indexes = [options.index_url, *options.extra_index_urls, *options.find_links]
@@ -256,8 +255,8 @@ def _pip_install(
             _check_urls(check_resolved_pip_urls, [package.url for package in packages], plan.settings)
         _log_pip_packages(packages, log)
         pip.install(interpreter, packages, options, conda_store.uv_cache_directory, scratch, log)
-    packages = pip.with_dependencies(interpreter, packages, options.requirements)
-    return packages, pip.installed_size(plan.prefix, interpreter, packages)
+    pip.check_installed_files(plan.prefix, interpreter, packages)
+    return pip.with_dependencies(interpreter, packages, options.requirements)
 
 
 def _pip_lock(
@@ -295,7 +294,7 @@ def _pip_lock(
 
 def _pip_install_locked(
     conda_store: CondaStore, plan: BuildPlan, packages: list[pip.PipPackage], log: BuildLog
-) -> int:
+) -> None:
     """Install a lockfile's pip files as they are; conda's distributions stay as conda put them."""
     options = pip.PipOptions(
         requirements=(),
@@ -315,7 +314,7 @@ def _pip_install_locked(
     _log_pip_packages(packages, log)
     with artifacts.temporary_directory(conda_store.store_directory) as scratch:
         pip.install(interpreter, packages, options, conda_store.uv_cache_directory, scratch, log)
-    return pip.installed_size(plan.prefix, interpreter, packages)
+    pip.check_installed_files(plan.prefix, interpreter, packages)
 
 
 def _log_pip_packages(packages: list[pip.PipPackage], log: BuildLog) -> None:
@@ -505,7 +504,8 @@ def _record_packages(
     build = session.get(Build, build_id)
     assert build is not None
 
-    channel_names = {_channel_of(record) for record in records}
+    channel_name = {id(record): _channel_of(record) for record in records}  # rattler's str() is slow
+    channel_names = set(channel_name.values())
     channels = existing_or_created(
         session,
         CondaChannel,
@@ -516,37 +516,37 @@ def _record_packages(
         },
         {(name,): {"name": name} for name in channel_names},
     )
-    channel_of = {id(record): channels[(_channel_of(record),)] for record in records}
+    channel_of = {id(record): channels[(channel_name[id(record)],)] for record in records}
 
     def package_key(record: rattler.RepoDataRecord) -> tuple:
         return (channel_of[id(record)].id, record.name.normalized, str(record.version))
 
+    found = {
+        (p.channel_id, p.name, p.version): p
+        for p in session.scalars(
+            select(CondaPackage).where(
+                CondaPackage.name.in_({record.name.normalized for record in records}),
+                CondaPackage.channel_id.in_({channel.id for channel in channels.values()}),
+            )
+        )
+    }
     wanted_packages: dict[tuple, dict[str, Any]] = {}
     for record in records:
-        about = _about(prefix, record)
-        channel_id, name, version = package_key(record)
-        wanted_packages[package_key(record)] = {
-            "channel_id": channel_id,
-            "name": name,
-            "version": version,
+        key = package_key(record)
+        row = found.get(key)
+        # about.json (two file reads a package) only for a row to create or without a summary
+        # yet: channel indexing makes rows without one, and fill_missing completes them
+        about = {} if row is not None and row.summary is not None else _about(prefix, record)
+        wanted_packages[key] = {
+            "channel_id": key[0],
+            "name": key[1],
+            "version": key[2],
             "license": record.license or about.get("license"),
             "license_family": record.license_family,
             "summary": about.get("summary"),
             "description": about.get("description"),
         }
-    found = session.scalars(
-        select(CondaPackage).where(
-            CondaPackage.name.in_({record.name.normalized for record in records}),
-            CondaPackage.channel_id.in_({channel.id for channel in channels.values()}),
-        )
-    )
-    packages = existing_or_created(
-        session,
-        CondaPackage,
-        PACKAGE_KEY,
-        {(p.channel_id, p.name, p.version): p for p in found},
-        wanted_packages,
-    )
+    packages = existing_or_created(session, CondaPackage, PACKAGE_KEY, found, wanted_packages)
     fill_missing(packages, wanted_packages, ("license", "summary", "description"))
 
     def build_values(record: rattler.RepoDataRecord) -> dict[str, Any]:

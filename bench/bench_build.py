@@ -277,6 +277,10 @@ STEP_FUNCTIONS = (
     ("conda_store_server.build.pipeline", "apply_retention_after_build"),
     ("conda_store_server.build.pipeline", "ship_log"),
     ("conda_store_server.build.pipeline", "link_current_build"),
+    ("conda_store_server.build.pipeline", "get_build"),
+    ("conda_store_server.build.install", "check_entry_points"),
+    ("conda_store_server.build.install", "touch_entries"),
+    ("conda_store_server.build.pipeline", "_build"),
 )
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import rattler
-from sqlalchemy import select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -42,6 +42,7 @@ from conda_store_server.db.models import (
     CondaPackage,
     CondaPackageBuild,
     Environment,
+    build_conda_package_build,
     utcnow,
 )
 from conda_store_server.disk_usage import record_build_storage
@@ -501,9 +502,6 @@ def _record_packages(
     session: Session, build_id: int, prefix: str, records: list[rattler.RepoDataRecord]
 ) -> None:
     """The build's package rows, with a query per table rather than per package."""
-    build = session.get(Build, build_id)
-    assert build is not None
-
     channel_name = {id(record): _channel_of(record) for record in records}  # rattler's str() is slow
     channel_names = set(channel_name.values())
     channels = existing_or_created(
@@ -556,19 +554,28 @@ def _record_packages(
     for record in records:
         values = build_values(record)
         wanted_builds[tuple(values[name] for name in PACKAGE_BUILD_KEY)] = values
-    found_builds = session.scalars(
-        select(CondaPackageBuild).where(
-            CondaPackageBuild.sha256.in_({values["sha256"] for values in wanted_builds.values()})
+    # keys and ids only: loading a hundred whole rows (their depends lists) cost more than the rest
+    key_columns = [getattr(CondaPackageBuild, name) for name in PACKAGE_BUILD_KEY]
+    ids = {
+        tuple(row[:-1]): row[-1]
+        for row in session.execute(
+            select(*key_columns, CondaPackageBuild.id).where(
+                CondaPackageBuild.sha256.in_({values["sha256"] for values in wanted_builds.values()})
+            )
         )
-    )
-    package_builds = existing_or_created(
-        session,
-        CondaPackageBuild,
-        PACKAGE_BUILD_KEY,
-        {tuple(getattr(b, name) for name in PACKAGE_BUILD_KEY): b for b in found_builds},
-        wanted_builds,
-    )
-    build.package_builds = [package_builds[key] for key in wanted_builds]
+    }
+    missing = {key: values for key, values in wanted_builds.items() if key not in ids}
+    if missing:
+        created = existing_or_created(session, CondaPackageBuild, PACKAGE_BUILD_KEY, {}, missing)
+        session.flush()
+        ids.update((key, row.id) for key, row in created.items())
+    # the build's set of package builds, replaced as a whole (a restore records them again)
+    session.execute(delete(build_conda_package_build).where(build_conda_package_build.c.build_id == build_id))
+    if wanted_builds:
+        session.execute(
+            insert(build_conda_package_build),
+            [{"build_id": build_id, "conda_package_build_id": ids[key]} for key in wanted_builds],
+        )
 
 
 def ship_log(conda_store: CondaStore, plan: BuildPlan) -> None:

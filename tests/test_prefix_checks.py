@@ -1,4 +1,4 @@
-"""The installed-path check and the one walk that the ownership pass and the storage measure share."""
+"""The installed-path checks (conda, pip) and the one walk the ownership pass and storage measure share."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from conda_store_server.build.install import check_installed_paths
 from conda_store_server.build.permissions import apply_ownership
+from conda_store_server.build.pip import Interpreter, PipPackage, check_installed_files
 from conda_store_server.disk_usage import measure_prefix
 from conda_store_server.exception import BuildFailure
 from conda_store_server.prefix_files import entries
@@ -97,3 +98,42 @@ def test_the_ownership_pass_hands_the_measure_what_a_fresh_walk_finds(tmp_path: 
     assert stat.S_IMODE((prefix / "lib").stat().st_mode) == 0o775
     # nothing to change: no walk, and the measure walks for itself
     assert apply_ownership(str(prefix), None, None, None) is None
+
+
+def installed_distribution(prefix: Path, records: list[str]) -> Interpreter:
+    """A pip distribution `demo` 1.0 in the prefix's site-packages whose RECORD lists `records`."""
+    site_packages = prefix / "lib" / "python3.11" / "site-packages"
+    dist_info = site_packages / "demo-1.0.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n")
+    (dist_info / "RECORD").write_text("".join(f"{path},,\n" for path in records))
+    for path in records:
+        target = os.path.normpath(site_packages / path)
+        if target.startswith(str(prefix)):
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            Path(target).write_text(path)
+    return Interpreter(python="python", markers={}, tags=(), site_packages=(str(site_packages),))
+
+
+DEMO = [PipPackage(name="demo", version="1.0", url="https://example.invalid/demo.whl", sha256=None)]
+
+
+def test_pip_files_inside_the_prefix_pass(tmp_path: Path) -> None:
+    records = ["demo/__init__.py", "demo-1.0.dist-info/RECORD", "../../../bin/demo"]
+    interpreter = installed_distribution(tmp_path / "env", records)
+    check_installed_files(str(tmp_path / "env"), interpreter, DEMO)
+
+
+def test_a_pip_file_recorded_outside_the_prefix_stops_the_build(tmp_path: Path) -> None:
+    interpreter = installed_distribution(tmp_path / "env", ["demo/__init__.py", "../../../../outside.py"])
+    with pytest.raises(BuildFailure, match=r"demo installed '\.\./\.\./\.\./\.\./outside\.py' outside"):
+        check_installed_files(str(tmp_path / "env"), interpreter, DEMO)
+
+
+def test_a_pip_file_that_is_a_symlink_out_of_the_prefix_stops_the_build(tmp_path: Path) -> None:
+    interpreter = installed_distribution(tmp_path / "env", ["demo/__init__.py", "demo/data.txt"])
+    data = tmp_path / "env" / "lib" / "python3.11" / "site-packages" / "demo" / "data.txt"
+    data.unlink()
+    data.symlink_to(tmp_path / "elsewhere.txt")
+    with pytest.raises(BuildFailure, match="demo/data.txt"):
+        check_installed_files(str(tmp_path / "env"), interpreter, DEMO)

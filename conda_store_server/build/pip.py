@@ -737,12 +737,28 @@ def _requirements(lines: Iterable[str]) -> list[Requirement]:
 
 def check_installed_files(prefix: str, interpreter: Interpreter, packages: list[PipPackage]) -> None:
     """Every file the pip packages record must lie inside the prefix: the defence beyond the
-    installer's own, as `install.check_installed_paths` is for conda's packages."""
+    installer's own, as `install.check_installed_paths` is for conda's packages.
+
+    A file escapes lexically (`..` in its RECORD path), through a symlinked directory or by being
+    a symlink itself; each directory is resolved once, a file only when it is a symlink.
+    """
     root = os.path.realpath(prefix)
+
+    def contained(path: str) -> bool:
+        return path == root or path.startswith(root + os.sep)
+
+    directories: dict[str, bool] = {}
     for name, distribution in _installed(interpreter, [p.name for p in packages]).items():
+        base = str(distribution.locate_file(""))
         for file in distribution.files or []:
-            path = os.path.realpath(str(file.locate()))
-            if path != root and not path.startswith(root + os.sep):
+            path = os.path.normpath(os.path.join(base, str(file)))
+            directory = os.path.dirname(path)
+            verdict = directories.get(directory)
+            if verdict is None:
+                verdict = directories[directory] = contained(os.path.realpath(directory))
+            if verdict and os.path.islink(path):
+                verdict = contained(os.path.realpath(path))
+            if not verdict:
                 raise BuildFailure(
                     f"The pip package {name} installed {str(file)!r} outside the environment prefix; "
                     "the build was stopped and the package must be fixed"

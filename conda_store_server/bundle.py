@@ -43,6 +43,7 @@ from conda_store_server.quotas import check_new_environment
 from conda_store_server.retention import restore_build
 from conda_store_server.service import (
     check_name,
+    ensure_environment,
     ensure_namespace,
     ensure_specification,
     insert_once,
@@ -468,15 +469,7 @@ def _import_environment(
             raise BundleError(f"{where}: build {build.id} is refused by this deployment: {error}") from error
         checked.append((build, specification))
 
-    namespace_row = ensure_namespace(session, namespace)
-    environment = insert_once(
-        session,
-        Environment,
-        {"namespace_id": namespace_row.id, "name": entry.name, "description": ""},
-        ("namespace_id", "name"),
-    )
-    environment.deleted_on = None
-    environment.current_build_id = None
+    environment = ensure_environment(session, ensure_namespace(session, namespace), entry.name)
     environment.description = entry.description
     session.flush()
 

@@ -177,6 +177,21 @@ def ensure_specification(
     return insert_once(session, Specification, values, ("sha256",))
 
 
+def ensure_environment(session: Session, namespace: Namespace, name: str) -> Environment:
+    """The environment row, created when missing (concurrent creators tolerated) or revived
+    without a current build when it was deleted."""
+    environment = insert_once(
+        session,
+        Environment,
+        {"namespace_id": namespace.id, "name": name, "description": ""},
+        ("namespace_id", "name"),
+    )
+    if environment.deleted_on is not None:
+        environment.deleted_on = None
+        environment.current_build_id = None
+    return environment
+
+
 def register_environment(
     session: Session,
     conda_store: CondaStore,
@@ -216,15 +231,7 @@ def register_environment(
     check_storage(session, conda_store, namespace_name)
     namespace = ensure_namespace(session, namespace_name)
     specification_row = ensure_specification(session, specification)
-    environment = insert_once(
-        session,
-        Environment,
-        {"namespace_id": namespace.id, "name": specification.name, "description": ""},
-        ("namespace_id", "name"),
-    )
-    if environment.deleted_on is not None:
-        environment.deleted_on = None
-        environment.current_build_id = None
+    environment = ensure_environment(session, namespace, specification.name)
     if specification.description:
         environment.description = specification.description
     session.flush()

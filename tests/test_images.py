@@ -317,7 +317,7 @@ def test_images_share_package_layers_and_a_lockfile_gives_the_same_layers(
         build = get_build(session, first["id"])
         key, prefix = build_key(identity_of(build)), prefix_of(conda_store, build)
     lines: list[str] = []
-    again = make_image(conda_store, first["id"], key, prefix, from_conda_lock(lock), lines.append)
+    again = make_image(conda_store, first["id"], key, prefix, None, from_conda_lock(lock), lines.append)
     assert again is not None, lines
     assert again.digest == _manifest_digest(client, "alice/tools", str(first["id"]))
     assert again.bytes_written == 0, lines

@@ -169,8 +169,9 @@ def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
     solve_started = time.monotonic()
     lock, channels = _lock(conda_store, plan, log)
     pip_entries = [] if plan.is_lockfile else _pip_entries(plan.spec)
+    lock_bytes = None
     if not pip_entries and not plan.restoring:  # else complete only once pip has resolved
-        _store_lockfile(conda_store, plan, lock)
+        lock_bytes = _store_lockfile(conda_store, plan, lock)
     locked_pip = [pip.PipPackage.from_lock_entry(entry) for entry in lockfile.pip_packages(lock, host)]
     records_by_platform = lockfile.from_conda_lock(lock)
     if host not in records_by_platform:
@@ -200,7 +201,7 @@ def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
             if platform != host:
                 packages = _pip_lock(conda_store, plan, pip_entries, other, platform, by_package, budget, log)
                 lock = lockfile.with_pip_packages(lock, platform, packages)
-        _store_lockfile(conda_store, plan, lock)
+        lock_bytes = _store_lockfile(conda_store, plan, lock)
     elif locked_pip:
         _pip_install_locked(conda_store, plan, locked_pip, log)
 
@@ -213,19 +214,22 @@ def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
     _complete(conda_store, plan, size, log)
     # a git package has no version an index could find: it is pinned to its commit instead
     pins = [p.requirement if p.is_git else f"{p.name}=={p.version}" for p in locked_pip]
-    _make_artifacts(conda_store, plan, channels, pins, records_by_platform, log)
+    _make_artifacts(conda_store, plan, channels, pins, lock_bytes, records_by_platform, log)
     apply_retention_after_build(conda_store, plan.build_id)
 
 
-def _store_lockfile(conda_store: CondaStore, plan: BuildPlan, lock: dict[str, Any]) -> None:
+def _store_lockfile(conda_store: CondaStore, plan: BuildPlan, lock: dict[str, Any]) -> bytes:
+    """Store the build's lockfile; the bytes stored, for the steps after it that need them."""
+    content = json.dumps(lock, indent=4).encode()
     _store_artifact(
         conda_store,
         plan.build_id,
         BuildArtifactType.LOCKFILE,
         artifact_key("lockfile", plan.key),
-        json.dumps(lock, indent=4).encode(),
+        content,
         "application/json",
     )
+    return content
 
 
 def _pip_entries(spec: dict[str, Any]) -> list[str]:
@@ -629,10 +633,13 @@ def _make_artifacts(
     plan: BuildPlan,
     channels: list[str],
     pip_pins: list[str],
+    lock_bytes: bytes | None,
     records_by_platform: dict[str, list[rattler.RepoDataRecord]],
     log: BuildLog,
 ) -> None:
-    """Artifacts after COMPLETED (as the original): a failure here is logged, the env stays usable."""
+    """Artifacts after COMPLETED (as the original): a failure here is logged, the env stays usable.
+
+    `lock_bytes` is the lockfile this build stored (None when it stored none: a restore)."""
     wanted = plan.settings.build_artifacts
     if "YAML" in wanted:
         content = artifacts.export_yaml(plan.environment_name, plan.prefix, channels, pip_pins)
@@ -658,7 +665,9 @@ def _make_artifacts(
         except Exception as error:
             log.write(f"conda-pack archive failed: {error}")
     if "DOCKER_MANIFEST" in wanted:
-        make_image(conda_store, plan.build_id, plan.key, plan.prefix, records_by_platform, log.write)
+        make_image(
+            conda_store, plan.build_id, plan.key, plan.prefix, lock_bytes, records_by_platform, log.write
+        )
     if "CONSTRUCTOR_INSTALLER" in wanted:
         log.write("CONSTRUCTOR_INSTALLER artifacts are not built by this server yet; skipped")
 

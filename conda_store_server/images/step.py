@@ -78,14 +78,19 @@ def make_image(
     build_id: int,
     build_key: str,
     prefix: str,
+    lock_bytes: bytes | None,
     records_by_platform: dict[str, list[rattler.RepoDataRecord]],
     log: Callable[[str], None],
 ) -> Image | None:
-    """Write the build's image and push it; a failure is logged and kept for the docker route."""
+    """Write the build's image and push it; a failure is logged and kept for the docker route.
+
+    `lock_bytes` is the build's stored lockfile, as the pipeline just wrote it (read from storage
+    when None)."""
     started = time.monotonic()
     try:
         configuration, registries = configured_registries(conda_store)
-        lock_bytes = conda_store.storage.get(artifact_key("lockfile", build_key))
+        if lock_bytes is None:
+            lock_bytes = conda_store.storage.get(artifact_key("lockfile", build_key))
         host_platform = str(rattler.Subdir.current())
         with conda_store.session() as session:
             build = get_build(session, build_id)

@@ -27,7 +27,7 @@ from sqlalchemy import ColumnElement, and_, case, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from conda_store_server.db.models import Build, BuildStatus, BuildStorageGroup, Environment, Namespace
-from conda_store_server.prefix_files import FileStats, entries
+from conda_store_server.prefix_files import CondaFiles, FileStats, entries, normalised
 
 __all__ = [
     "NamespaceBytes",
@@ -49,24 +49,24 @@ class NamespaceBytes:
     archived: int = 0
 
 
-def _normalised(relative: str) -> str:
-    """A recorded path as the walk spells it; most are already (normpath costs as much as a stat)."""
-    if relative.startswith(".") or "//" in relative or "/." in relative or relative.endswith("/"):
-        return os.path.normpath(relative)
-    return relative
+def _conda_files(root: str) -> CondaFiles:
+    found: CondaFiles = {}
+    for meta in sorted(Path(root, "conda-meta").glob("*.json")):
+        try:
+            recorded = json.loads(meta.read_bytes()).get("files", [])
+            found[meta.stem] = [normalised(relative) for relative in recorded]
+        except (OSError, ValueError, AttributeError, TypeError):
+            continue
+    return found
 
 
-def _owners(root: str) -> dict[str, str]:
+def _owners(root: str, conda_files: CondaFiles | None) -> dict[str, str]:
     """Path (relative to the prefix) -> the conda package or pip distribution that installed it."""
     owners: dict[str, str] = {}
-    for meta in Path(root, "conda-meta").glob("*.json"):
-        try:
-            files = json.loads(meta.read_bytes()).get("files", [])
-        except (OSError, ValueError):
-            continue
-        owner = f"conda:{meta.stem}"
+    for package, files in (_conda_files(root) if conda_files is None else conda_files).items():
+        owner = f"conda:{package}"
         for relative in files:
-            owners.setdefault(_normalised(relative), owner)
+            owners.setdefault(relative, owner)
     for record in Path(root).glob("lib/python*/site-packages/*.dist-info/RECORD"):
         site_packages = os.path.relpath(record.parent.parent, root)
         owner = f"pip:{record.parent.name}"
@@ -92,17 +92,21 @@ def _regular_files(root: str) -> FileStats:
     return found
 
 
-def measure_prefix(prefix: str, files: FileStats | None = None) -> tuple[int, dict[str, int]]:
+def measure_prefix(
+    prefix: str, files: FileStats | None = None, conda_files: CondaFiles | None = None
+) -> tuple[int, dict[str, int]]:
     """(private bytes, {group key: bytes}) of a prefix's regular files, each inode once.
 
     Symbolic links and directories are not counted; a missing prefix measures nothing. `files`
     are the prefix's regular files as a walk just found them (`permissions.apply_ownership`
-    returns them), so that a build walks its prefix once; without them the prefix is walked.
+    returns them), so that a build walks its prefix once; `conda_files`, what its conda
+    packages installed as the install's path check read it (`install.install` returns them).
+    Without them the prefix is walked and its conda-meta read.
     """
     root = os.path.realpath(prefix)
     if not os.path.isdir(root):
         return 0, {}
-    owners = _owners(root)
+    owners = _owners(root, conda_files)
     seen: set[tuple[int, int]] = set()
     private = 0
     shared: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
@@ -124,9 +128,15 @@ def measure_prefix(prefix: str, files: FileStats | None = None) -> tuple[int, di
     return private, groups
 
 
-def record_build_storage(session: Session, build_id: int, prefix: str, files: FileStats | None = None) -> int:
+def record_build_storage(
+    session: Session,
+    build_id: int,
+    prefix: str,
+    files: FileStats | None = None,
+    conda_files: CondaFiles | None = None,
+) -> int:
     """Measure the build's prefix and store its groups (replacing earlier ones); its bytes."""
-    private, groups = measure_prefix(prefix, files)
+    private, groups = measure_prefix(prefix, files, conda_files)
     rows = [{"build_id": build_id, "key": key, "bytes": size} for key, size in groups.items()]
     rows.append({"build_id": build_id, "key": f"{PRIVATE_PREFIX}{build_id}", "bytes": private})
     session.execute(delete(BuildStorageGroup).where(BuildStorageGroup.build_id == build_id))

@@ -10,10 +10,25 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-__all__ = ["FileStats", "entries"]
+__all__ = ["CondaFiles", "FileStats", "entries", "normalised"]
 
 #: (path relative to the prefix, lstat) of regular files, as a walk found them
 FileStats = list[tuple[str, os.stat_result]]
+#: conda package (its conda-meta file's name without `.json`) -> the paths it installed, as
+#: `normalised` spells them; read once after the install, for the path check and the measure
+CondaFiles = dict[str, list[str]]
+
+
+def normalised(relative: str) -> str:
+    """A recorded relative path as `entries` spells it (`..` may remain at its start).
+
+    Most recorded paths are already in that form, and `os.path.normpath` costs as much as a
+    stat: it runs only for a path that may change (absolute, `.` or `..` parts, doubled or
+    trailing slashes).
+    """
+    if relative.startswith(("/", ".")) or "//" in relative or "/." in relative or relative.endswith("/"):
+        return os.path.normpath(relative)
+    return relative
 
 
 def entries(root: str) -> Iterator[tuple[str, os.DirEntry[str]]]:

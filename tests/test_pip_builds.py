@@ -35,6 +35,7 @@ from conftest import (
 )
 from live import free_port
 
+from conda_store_server import discarded_prefixes, service
 from conda_store_server.build.pip import PipPackage
 from conda_store_server.exception import BuildFailure
 from conda_store_server.redact import mask_credentials, strip_credentials
@@ -119,6 +120,18 @@ def failed(client: Any, build_id: int) -> dict[str, Any]:
     build = wait_for_build(client, build_id)
     assert build["status"] == "FAILED", logs_of(client, build_id)
     return build
+
+
+def assert_discarded(conda_store: Any, build_id: int) -> None:
+    """What a build that did not complete installed is gone: moved out at once, then deleted."""
+    with conda_store.session() as session:
+        prefix = service.prefix_of(conda_store, service.get_build(session, build_id))
+    assert not os.path.lexists(prefix)
+    trash = Path(conda_store.store_directory, discarded_prefixes.DIRECTORY_NAME)
+    deadline = time.monotonic() + 10
+    while trash.exists() and any(trash.iterdir()):
+        assert time.monotonic() < deadline, list(trash.iterdir())
+        time.sleep(0.05)
 
 
 def run_python(prefix: str | Path, code: str) -> str:
@@ -226,7 +239,9 @@ def test_a_conflict_between_conda_and_pip_fails_naming_both(client, worker, pip)
     ],
     ids=["unknown", "unsatisfiable"],
 )
-def test_a_requirement_uv_cannot_meet_fails_with_its_explanation(client, worker, requirement, explanation):
+def test_a_requirement_uv_cannot_meet_fails_with_its_explanation(
+    client, worker, conda_store, requirement, explanation
+):
     login(client)
     build = failed(client, submit(client, spec(pip=[requirement])))
     assert build["status_info"].startswith("The pip requirements cannot be installed: ")
@@ -234,6 +249,9 @@ def test_a_requirement_uv_cannot_meet_fails_with_its_explanation(client, worker,
     assert explanation in logs_of(client, build["id"])
     # no lockfile without its pip part
     assert not any(a["artifact_type"] == "LOCKFILE" for a in build["build_artifacts"])
+    # nor the conda environment the build had installed before pip failed
+    assert "installed in" in logs_of(client, build["id"])
+    assert_discarded(conda_store, build["id"])
 
 
 def test_pip_dependencies_without_python_fail_saying_to_add_it(client, worker):
@@ -427,6 +445,7 @@ def test_cancel_stops_uv_with_the_build(client, worker, conda_store):
     while uv_processes(cache):
         assert time.monotonic() < deadline, "uv outlived its canceled build"
         time.sleep(0.1)
+    assert_discarded(conda_store, build_id)  # the conda environment installed before pip
 
 
 def test_a_build_without_pip_entries_never_runs_uv(client, worker, conda_store):

@@ -14,7 +14,7 @@ from conda_store_server.build.permissions import apply_ownership
 from conda_store_server.build.pip import Interpreter, PipPackage, check_installed_files
 from conda_store_server.disk_usage import measure_prefix
 from conda_store_server.exception import BuildFailure
-from conda_store_server.prefix_files import entries
+from conda_store_server.prefix_files import entries, normalised
 
 
 def prefix_with(root: Path, files: list[str]) -> Path:
@@ -37,7 +37,41 @@ def test_paths_inside_the_prefix_pass(tmp_path: Path) -> None:
     # a symlinked directory that stays inside the prefix is fine, and so is what lies below it
     (prefix / "lib" / "current").symlink_to("python3.11")
     prefix_with(prefix, ["bin/tool", "lib/current/site-packages/pkg/__init__.py"])
-    check_installed_paths(str(prefix))
+    installed = check_installed_paths(str(prefix))
+    # what each package installed, spelled as the walk spells it, for the storage measure
+    assert installed == {"pkg-1.0-0": ["bin/tool", "lib/current/site-packages/pkg/__init__.py"]}
+
+
+@pytest.mark.parametrize(
+    ("recorded", "spelled"),
+    [
+        ("bin/tool", "bin/tool"),
+        ("./etc/a", "etc/a"),
+        ("lib//liba.so", "lib/liba.so"),
+        ("lib/./liba.so", "lib/liba.so"),
+        ("lib/../bin/tool", "bin/tool"),
+        ("share/doc/", "share/doc"),
+        ("../outside", "../outside"),
+        ("/etc/passwd", "/etc/passwd"),
+        ("share/.hidden", "share/.hidden"),
+    ],
+)
+def test_recorded_paths_are_spelled_as_the_walk_spells_them(recorded: str, spelled: str) -> None:
+    assert normalised(recorded) == spelled
+
+
+def test_the_measure_given_the_checked_paths_equals_the_measure_reading_conda_meta(tmp_path: Path) -> None:
+    cache = tmp_path / "pkgs"
+    cache.mkdir()
+    prefix = prefix_with(tmp_path / "env", ["./bin/tool", "lib//liba.so", "share/doc.txt"])
+    for index, relative in enumerate(("bin/tool", "lib/liba.so")):  # hard links, as installs make
+        os.link(prefix / relative, cache / f"{index}")
+    given = measure_prefix(str(prefix), None, check_installed_paths(str(prefix)))
+    assert given == measure_prefix(str(prefix))
+    private, groups = given
+    unlinked = [prefix / "share" / "doc.txt", prefix / "conda-meta" / "pkg-1.0-0.json"]
+    assert private == sum(path.stat().st_size for path in unlinked)
+    assert len(groups) == 1  # both hard links are the package's, none unowned
 
 
 @pytest.mark.parametrize("escaping", ["../outside.txt", "lib/../../outside.txt", "/etc/outside.txt"])

@@ -119,10 +119,14 @@ def test_build_over_its_wall_clock_limit_is_stopped(client, worker) -> None:
     assert "build_timeout (3 s)" in build["status_info"]
 
 
-def test_cancel_a_running_build(client, worker) -> None:
+def test_cancel_a_running_build(client, worker, conda_store) -> None:
     login(client)
     build_id = submit(client, SPEC)
     wait_for_build(client, build_id, building, timeout=30)
+    with conda_store.session() as session:
+        prefix = Path(prefix_of(conda_store, get_build(session, build_id)))
+    prefix.mkdir(parents=True)  # as if the install had begun: the solve waits on the slow channel
+    (prefix / "partial").write_text("")
     started = time.monotonic()
     response = client.put(f"/api/v1/build/{build_id}/cancel/")
     assert response.status_code == 200, response.text
@@ -130,6 +134,7 @@ def test_cancel_a_running_build(client, worker) -> None:
     assert build["status"] == "CANCELED"
     assert time.monotonic() - started < 10
     assert "canceled" in client.get(f"/api/v1/build/{build_id}/logs/").text
+    assert not prefix.exists()
     again = client.put(f"/api/v1/build/{build_id}/cancel/")
     assert again.status_code == 409 and "CANCELED" in again.json()["message"]
 
@@ -274,7 +279,12 @@ def test_a_build_interrupted_too_often_fails_naming_the_interruptions(client, co
     mark_building(conda_store, fresh, "elsewhere:1:alive", utcnow())
     stale = utcnow() - datetime.timedelta(seconds=STALE_AFTER_SECONDS + 5)
     mark_building(conda_store, build_id, "elsewhere:2:gone", stale)
+    with conda_store.session() as session:
+        prefix = Path(prefix_of(conda_store, get_build(session, build_id)))
+    (prefix / "bin").mkdir(parents=True)  # what the interrupted attempts had installed
+    (prefix / "bin" / "half-installed").write_text("")
     assert recover_stale_builds(conda_store) == [build_id]
+    assert not prefix.exists()
     build = client.get(f"/api/v1/build/{build_id}/").json()["data"]
     assert build["status"] == "FAILED"
     assert build["status_info"].startswith(
@@ -297,8 +307,10 @@ def test_builds_canceled_or_deleted_before_their_worker_died_are_not_queued_agai
         mark_building(conda_store, build_id, dead_worker, utcnow())
     with conda_store.session() as session:
         prefix = Path(prefix_of(conda_store, get_build(session, deleted)))
+        canceled_prefix = Path(prefix_of(conda_store, get_build(session, canceled)))
         namespace = get_build(session, deleted).environment.namespace.name
     prefix.mkdir(parents=True)
+    canceled_prefix.mkdir(parents=True)
     assert client.put(f"/api/v1/build/{canceled}/cancel/").status_code == 200
     assert client.delete(f"/api/v1/environment/{namespace}/gone/").status_code == 200
 
@@ -308,7 +320,7 @@ def test_builds_canceled_or_deleted_before_their_worker_died_are_not_queued_agai
             row = get_build(session, build_id)
             assert row.status == BuildStatus.CANCELED, row.status_info
             assert row.status_info.startswith("canceled by request (its worker ")
-    assert not prefix.exists()
+    assert not prefix.exists() and not canceled_prefix.exists()
 
 
 def test_a_build_whose_process_cannot_start_is_given_back_until_the_bound(client, conda_store) -> None:

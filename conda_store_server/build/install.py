@@ -12,16 +12,19 @@ import rattler
 from conda_store_server.build.entry_points import check_entry_points
 from conda_store_server.exception import BuildFailure
 from conda_store_server.package_gc import cache_lease, touch_entries
+from conda_store_server.prefix_files import CondaFiles, normalised
 
 log = logging.getLogger(__name__)
 
 
-async def install(records: list[rattler.RepoDataRecord], prefix: str, package_cache: str) -> None:
-    """Hard-link from the shared cache (rattler locks each cache entry, so builds may run at once).
+async def install(records: list[rattler.RepoDataRecord], prefix: str, package_cache: str) -> CondaFiles:
+    """Hard-link from the shared cache (rattler locks each cache entry, so builds may run at once);
+    what each package installed, as the path check read it from conda-meta.
 
     The cache lease is held while linking, so the collector never removes an entry this build
     links from. The prefix's size is measured once, when the build is complete
-    (`disk_usage.record_build_storage`), not here: pip and the ownership step change it after.
+    (`disk_usage.record_build_storage`, given the paths returned here), not here: pip and the
+    ownership step change it after.
     """
     with cache_lease(package_cache):  # the package-cache collector waits (package_gc.py)
         await check_entry_points(records, package_cache)
@@ -37,7 +40,7 @@ async def install(records: list[rattler.RepoDataRecord], prefix: str, package_ca
             raise _install_failure(records, error) from error
         touch_entries(package_cache, [record.file_name for record in records])
     Path(prefix, "CACHEDIR.TAG").unlink(missing_ok=True)
-    check_installed_paths(prefix)
+    return check_installed_paths(prefix)
 
 
 def _install_failure(records: list[rattler.RepoDataRecord], error: Exception) -> BuildFailure:
@@ -57,8 +60,9 @@ def inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root + os.sep)
 
 
-def check_installed_paths(prefix: str) -> None:
-    """Every path a package installed must stay inside the prefix (defence beyond rattler's own).
+def check_installed_paths(prefix: str) -> CondaFiles:
+    """Every path a package installed must stay inside the prefix (defence beyond rattler's own);
+    the paths, by package.
 
     A path can escape lexically (`..`, absolute) or through a symlinked directory. Thousands of
     files share a few hundred directories, so each directory is looked at once (one `lstat`,
@@ -78,18 +82,17 @@ def check_installed_paths(prefix: str) -> None:
             contained[directory] = verdict
         return verdict
 
+    installed: CondaFiles = {}
     for meta in sorted(Path(root, "conda-meta").glob("*.json")):
         record = json.loads(meta.read_bytes())
+        paths = installed[meta.stem] = []
         for relative in record.get("files", []):
-            if relative.startswith("/") or ".." in relative or "//" in relative or "./" in relative:
-                normalised = os.path.normpath(relative)
-                lexically_inside = not os.path.isabs(relative) and inside(
-                    os.path.normpath(os.path.join(root, relative)), root
-                )
-            else:
-                normalised, lexically_inside = relative, True
-            if not lexically_inside or not directory_inside(normalised.rpartition("/")[0]):
+            path = normalised(relative)
+            escapes = os.path.isabs(path) or path == ".." or path.startswith("../")
+            if escapes or not directory_inside(path.rpartition("/")[0]):
                 raise BuildFailure(
                     f"Package {record.get('name')} installs {relative!r} outside the environment "
                     "prefix; the build was stopped and the package must be fixed."
                 )
+            paths.append(path)
+    return installed

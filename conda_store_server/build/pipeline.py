@@ -29,6 +29,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from conda_store_server import discarded_prefixes
 from conda_store_server.build import artifacts, install, lockfile, pip, pip_solve, solve
 from conda_store_server.build.keys import artifact_key, build_key, identity_of
 from conda_store_server.build.logs import BuildLog, LogShipper, spool_path
@@ -88,6 +89,8 @@ class BuildPlan:
     #: a restore's pip files came from the administrator's indexes, as the build resolved them
     #: (`_pip_install` trusts those): only its conda URLs are checked again
     pip_from_configured_indexes: bool = False
+    #: the worker that claimed the build: the status is changed only while the claim is its own
+    worker_id: str | None = None
 
 
 def run_build(conda_store: CondaStore, build_id: int) -> BuildStatus:
@@ -110,7 +113,7 @@ def _run_build(conda_store: CondaStore, build_id: int, log: BuildLog) -> BuildSt
             plan = _plan(session, conda_store, build)
         except CondaStoreError as error:
             log.write(error.message)
-            _finish(session, build_id, BuildStatus.FAILED, error.message)
+            _finish(session, build_id, BuildStatus.FAILED, error.message, build.worker_id)
             return BuildStatus.FAILED
 
     started = time.monotonic()
@@ -124,12 +127,12 @@ def _run_build(conda_store: CondaStore, build_id: int, log: BuildLog) -> BuildSt
         reason = mask_credentials(failure.reason)
         log.write(f"build failed: {reason}")
         ship_log(conda_store, plan)
-        _mark_failed(conda_store, plan.build_id, reason)
+        _mark_failed(conda_store, plan, reason)
         return BuildStatus.FAILED
     except Exception as error:
         log.write(mask_credentials(traceback.format_exc()))
         ship_log(conda_store, plan)
-        _mark_failed(conda_store, plan.build_id, mask_credentials(f"internal error: {error!r}"))
+        _mark_failed(conda_store, plan, mask_credentials(f"internal error: {error!r}"))
         return BuildStatus.FAILED
     log.write(f"build {build_id} finished in {time.monotonic() - started:.2f} s")
     return BuildStatus.COMPLETED
@@ -152,6 +155,7 @@ def _plan(session: Session, conda_store: CondaStore, build: Build) -> BuildPlan:
         restoring=restoring,
         becomes_current=not restoring or build.current_after_restore,
         pip_from_configured_indexes=restoring and _resolved_from_configured_indexes(conda_store, build),
+        worker_id=build.worker_id,
     )
 
 
@@ -189,7 +193,7 @@ def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
     for record in sorted(records, key=lambda r: r.name.normalized):
         log.write(f"  {record.name.normalized} {record.version} {record.build}  {record.url}")
     started = time.monotonic()
-    asyncio.run(install.install(records, plan.prefix, conda_store.package_cache_directory))
+    conda_files = asyncio.run(install.install(records, plan.prefix, conda_store.package_cache_directory))
     log.write(f"installed in {time.monotonic() - started:.2f} s")
 
     if pip_entries:
@@ -210,7 +214,7 @@ def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
     )
     with conda_store.session() as session:
         _record_packages(session, plan.build_id, plan.prefix, records)
-        size = record_build_storage(session, plan.build_id, plan.prefix, files)
+        size = record_build_storage(session, plan.build_id, plan.prefix, files, conda_files)
     _complete(conda_store, plan, size, log)
     # a git package has no version an index could find: it is pinned to its commit instead
     pins = [p.requirement if p.is_git else f"{p.name}=={p.version}" for p in locked_pip]
@@ -600,7 +604,7 @@ def _complete(conda_store: CondaStore, plan: BuildPlan, size: int, log: BuildLog
     with conda_store.session() as session:
         result = session.execute(
             update(Build)
-            .where(Build.id == plan.build_id, Build.status == BuildStatus.BUILDING)
+            .where(*_still_ours(plan.build_id, plan.worker_id))
             .values(
                 status=BuildStatus.COMPLETED,
                 ended_on=utcnow(),
@@ -672,16 +676,33 @@ def _make_artifacts(
         log.write("CONSTRUCTOR_INSTALLER artifacts are not built by this server yet; skipped")
 
 
-def _finish(session: Session, build_id: int, status: BuildStatus, reason: str | None) -> bool:
+def _finish(
+    session: Session, build_id: int, status: BuildStatus, reason: str | None, worker_id: str | None
+) -> bool:
     result = session.execute(
         update(Build)
-        .where(Build.id == build_id, Build.status == BuildStatus.BUILDING)
+        .where(*_still_ours(build_id, worker_id))
         .values(status=status, ended_on=utcnow(), status_info=reason)
         .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount)
 
 
-def _mark_failed(conda_store: CondaStore, build_id: int, reason: str) -> None:
+def _still_ours(build_id: int, worker_id: str | None) -> tuple[Any, ...]:
+    """BUILDING under the claim this process runs for: not canceled, nor recovered and claimed
+    by another worker (whose process would be installing into the same prefix)."""
+    return (
+        Build.id == build_id,
+        Build.status == BuildStatus.BUILDING,
+        Build.worker_id.is_not_distinct_from(worker_id),
+    )
+
+
+def _mark_failed(conda_store: CondaStore, plan: BuildPlan, reason: str) -> None:
+    """FAILED, and what the build installed moved out of the way before that commits
+    (`discarded_prefixes`), then deleted."""
+    discarded = None
     with conda_store.session() as session:
-        _finish(session, build_id, BuildStatus.FAILED, reason)
+        if _finish(session, plan.build_id, BuildStatus.FAILED, reason, plan.worker_id):
+            discarded = discarded_prefixes.discard(conda_store.store_directory, plan.prefix)
+    discarded_prefixes.delete(discarded)

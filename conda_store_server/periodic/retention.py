@@ -1,4 +1,5 @@
-"""The periodic storage-lifecycle pass: measure unmeasured builds, then apply build retention.
+"""The periodic storage-lifecycle pass: measure unmeasured builds, apply build retention, and
+delete the prefixes of unfinished builds that a crash left in `discarded_prefixes`.
 
 Builds completed before their sizes were recorded (a database from an earlier version, or
 the original's) have no `BuildStorageGroup` rows; they are measured here, a bounded batch per
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import exists, select
 
+from conda_store_server import discarded_prefixes
 from conda_store_server.db.models import Build, BuildStatus, BuildStorageGroup
 from conda_store_server.disk_usage import record_build_storage
 from conda_store_server.retention import apply_retention_everywhere
@@ -48,6 +50,9 @@ def measure_unmeasured_builds(conda_store: CondaStore, limit: int = MEASURE_BATC
 
 def run_storage_lifecycle(conda_store: CondaStore) -> list[int]:
     """One pass for the whole deployment (the caller holds the period's claim); archived ids."""
+    emptied = discarded_prefixes.empty(conda_store.store_directory)
+    if emptied:
+        log.info("deleted %d prefixes of failed or canceled builds left from before", emptied)
     measured = measure_unmeasured_builds(conda_store)
     if measured:
         log.info("measured the prefixes of builds %s", measured)

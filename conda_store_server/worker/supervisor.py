@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from conda_store_server import discarded_prefixes
 from conda_store_server.build.keys import artifact_key, build_key, identity_of
 from conda_store_server.build.logs import FLUSH_INTERVAL_SECONDS, LogShipper, spool_path, stamped
 from conda_store_server.db.models import Build, BuildStatus, utcnow
@@ -40,7 +41,7 @@ from conda_store_server.db.session import refresh_query_statistics
 from conda_store_server.periodic import claim_run
 from conda_store_server.periodic.retention import run_storage_lifecycle
 from conda_store_server.periodic.storage import record_storage_metrics
-from conda_store_server.service import get_build, kept_artifacts, purge_build_files
+from conda_store_server.service import get_build, kept_artifacts, prefix_of, purge_build_files
 from conda_store_server.worker.watch_paths import register_watched_environments
 
 if TYPE_CHECKING:
@@ -527,18 +528,21 @@ class Supervisor:
             BuildStatus.FAILED,
             f"the build process ended unexpectedly ({_describe_exit(exitcode)}); see the log",
         )
+        discarded = None
         with self.conda_store.session() as session:
             build = get_build(session, running.build_id)
             if build.worker_id == self.worker_id:
                 # every line the process wrote comes before the reason it ended
                 _ship_rest(self._logs, build)
                 if status == BuildStatus.QUEUED:
-                    _give_back(self.conda_store, session, build, reason)
+                    ended = _give_back(self.conda_store, session, build, reason)
                 else:
-                    _end(self.conda_store, session, build, status, reason)
+                    ended = status if _end(self.conda_store, session, build, status, reason) else None
+                discarded = _discard_if_unfinished(self.conda_store, build, ended)
                 _seal_if_final(self.conda_store, build)
                 _purge_if_deleted(self.conda_store, session, build)
             final = build.status.value
+        discarded_prefixes.delete_in_background(discarded)
         self._log_keys.pop(running.build_id, None)
         log.info("build %s ended here: %s", running.build_id, final)
         return final
@@ -571,6 +575,7 @@ def recover_stale_builds(conda_store: CondaStore, stale_after: float = STALE_AFT
     """
     cutoff = utcnow() - datetime.timedelta(seconds=stale_after)
     recovered = []
+    discarded = []
     with conda_store.session() as session:
         building = session.scalars(select(Build).where(Build.status == BuildStatus.BUILDING)).all()
         for build in building:
@@ -586,11 +591,23 @@ def recover_stale_builds(conda_store: CondaStore, stale_after: float = STALE_AFT
                 )
             else:
                 continue
-            if _give_back(conda_store, session, build, why) is not None:
+            ended = _give_back(conda_store, session, build, why)
+            if ended is not None:
                 recovered.append(build.id)
+                discarded.append(_discard_if_unfinished(conda_store, build, ended))
                 _seal_if_final(conda_store, build)
                 _purge_if_deleted(conda_store, session, build)
+    for path in discarded:
+        discarded_prefixes.delete_in_background(path)
     return recovered
+
+
+def _discard_if_unfinished(conda_store: CondaStore, build: Build, ended: BuildStatus | None) -> str | None:
+    """Move the prefix of a build this caller has just ended FAILED or CANCELED out of the way
+    (`discarded_prefixes`), before the session commits that status; where it went."""
+    if ended not in (BuildStatus.FAILED, BuildStatus.CANCELED):
+        return None
+    return discarded_prefixes.discard(conda_store.store_directory, prefix_of(conda_store, build))
 
 
 def _give_back(conda_store: CondaStore, session: Session, build: Build, why: str) -> BuildStatus | None:
@@ -643,8 +660,9 @@ def _give_back(conda_store: CondaStore, session: Session, build: Build, why: str
     return status
 
 
-def _end(conda_store: CondaStore, session: Session, build: Build, status: BuildStatus, reason: str) -> None:
-    """Give a build its final status, unless its process (or anyone else) decided it already."""
+def _end(conda_store: CondaStore, session: Session, build: Build, status: BuildStatus, reason: str) -> bool:
+    """Give a build its final status, unless its process (or anyone else) decided it already;
+    whether this call decided it."""
     changed = session.execute(
         update(Build)
         .where(Build.id == build.id, Build.status == BuildStatus.BUILDING, Build.worker_id == build.worker_id)
@@ -654,6 +672,7 @@ def _end(conda_store: CondaStore, session: Session, build: Build, status: BuildS
     session.refresh(build)
     if changed:
         _append_log(conda_store, build, f"build {build.id} marked {status.value}: {reason}")
+    return bool(changed)
 
 
 def _purge_if_deleted(conda_store: CondaStore, session: Session, build: Build) -> None:

@@ -371,6 +371,7 @@ def install_child_step_timer(out_path: str) -> None:
 
     pipeline = importlib.import_module("conda_store_server.build.pipeline")
     supervisor = importlib.import_module("conda_store_server.worker.supervisor")
+    wrap(supervisor.StoreRecipe, "make", "StoreRecipe.make")  # the child's config and CondaStore
     run_build, child_main = pipeline.run_build, supervisor._child_main
 
     def timed_run_build(conda_store: Any, build_id: int) -> Any:

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 from traitlets import TraitError
 
-from conda_store_server import retention, service
+from conda_store_server import discarded_prefixes, retention, service
 from conda_store_server.app import CondaStore
 from conda_store_server.build.pipeline import run_build
 from conda_store_server.db.models import (
@@ -29,6 +29,7 @@ from conda_store_server.db.models import (
 )
 from conda_store_server.db.session import QUEUED_BUILDS
 from conda_store_server.exception import ConflictError
+from conda_store_server.periodic import retention as retention_sweep
 from conda_store_server.periodic.retention import run_storage_lifecycle
 from conda_store_server.server.auth import AuthenticationToken
 from conda_store_server.settings import set_settings
@@ -269,6 +270,36 @@ def test_retention_never_archives_current_unfinished_newest_or_failed(conda_stor
     assert [statuses[i] for i in ids] == [C, C, F, C, C, X, Q]  # statuses untouched
     assert kinds == {BuildArtifactType.LOCKFILE, BuildArtifactType.LOGS}
     assert run_storage_lifecycle(conda_store) == []  # nothing more to do: idempotent
+
+
+def test_a_workers_first_pass_deletes_what_failed_and_canceled_builds_left_installed(
+    conda_store: CondaStore,
+) -> None:
+    """As a store written before builds discarded their prefix as they ended still holds."""
+    C, F, X, Q = BuildStatus.COMPLETED, BuildStatus.FAILED, BuildStatus.CANCELED, BuildStatus.QUEUED
+    _, ids = history(conda_store, "leftovers", [(F, 9), (X, 8), (C, 7), (Q, 0), (F, 6)], current=2)
+    for build_id in ids[:4]:  # the last FAILED build never got as far as installing
+        Path(prefix_of(conda_store, build_id), "bin").mkdir(parents=True, exist_ok=True)
+        Path(prefix_of(conda_store, build_id), "bin", "python").write_text("half installed\n")
+
+    run_storage_lifecycle(conda_store)  # a later pass of a worker leaves them (no walk every time)
+    assert all(os.path.isdir(prefix_of(conda_store, build_id)) for build_id in ids[:4])
+
+    assert retention_sweep.discard_leftover_prefixes(conda_store, batch=1) == [ids[0], ids[1]]
+    assert not os.path.exists(prefix_of(conda_store, ids[0]))
+    assert not os.path.exists(prefix_of(conda_store, ids[1]))
+    assert os.path.isdir(prefix_of(conda_store, ids[2]))  # COMPLETED, the current build
+    assert os.path.isdir(prefix_of(conda_store, ids[3]))  # QUEUED: its worker will replace it
+    with conda_store.session() as session:
+        statuses = dict(session.execute(select(Build.id, Build.status).where(Build.id.in_(ids))).all())
+    assert [statuses[i] for i in ids] == [F, X, C, Q, F]
+    assert retention_sweep.discard_leftover_prefixes(conda_store) == []
+    trash = Path(conda_store.store_directory, discarded_prefixes.DIRECTORY_NAME)
+    assert list(trash.iterdir()) == []
+
+    Path(prefix_of(conda_store, ids[4]), "lib").mkdir(parents=True)
+    run_storage_lifecycle(conda_store, look_for_leftovers=True)  # as a worker's first pass runs it
+    assert not os.path.exists(prefix_of(conda_store, ids[4]))
 
 
 def test_retention_days_by_namespace_with_environment_override(conda_store: CondaStore) -> None:

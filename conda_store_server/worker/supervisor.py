@@ -441,8 +441,12 @@ class Supervisor:
         if self._lifecycle is not None and self._lifecycle.is_alive():
             return
         if self._due("storage-lifecycle", STORAGE_LIFECYCLE_EVERY_SECONDS):
+            first = self._lifecycle is None  # this worker's first pass also looks for leftovers
             self._lifecycle = threading.Thread(
-                target=_storage_lifecycle, args=(self.conda_store,), name="storage-lifecycle", daemon=True
+                target=_storage_lifecycle,
+                args=(self.conda_store, first),
+                name="storage-lifecycle",
+                daemon=True,
             )
             self._lifecycle.start()
 
@@ -761,9 +765,9 @@ def _end_with_worker() -> None:
     threading.Thread(target=watch, name="end-with-worker", daemon=True).start()
 
 
-def _storage_lifecycle(conda_store: CondaStore) -> None:
+def _storage_lifecycle(conda_store: CondaStore, look_for_leftovers: bool) -> None:
     try:
-        run_storage_lifecycle(conda_store)
+        run_storage_lifecycle(conda_store, look_for_leftovers)
     except Exception:
         log.exception("the storage lifecycle pass failed; it runs again next period")
 

@@ -2,7 +2,9 @@
 
 Imported by the fork server (`supervisor.FORK_SERVER_PRELOAD`): SQLAlchemy configures the ORM
 mappers on a process's first query, ~40 ms that every build child paid before its first step.
-Configured here, each child inherits them configured. CPU only: no disk, network or database.
+Configured here, each child inherits them configured. Then the CondaStore of the worker's
+configuration is made and its first queries run (`supervisor.prepare_store_in_fork_server`),
+the connection closed again before any fork.
 
 Then everything imported so far is frozen out of the garbage collector: a build child
 allocates a tuple or two per installed file, and each full collection that triggers would walk
@@ -17,7 +19,9 @@ import gc
 from sqlalchemy.orm import configure_mappers
 
 from conda_store_server.db import models  # noqa: F401 - the mappers to configure
+from conda_store_server.worker.supervisor import prepare_store_in_fork_server
 
 configure_mappers()
+prepare_store_in_fork_server()
 gc.collect()
 gc.freeze()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session, object_session, selectinload
+from sqlalchemy.orm import Session, joinedload, object_session, selectinload
 
 from conda_store_server.build.keys import (
     artifact_key,
@@ -92,10 +92,10 @@ def get_build(session: Session, build_id: int) -> Build:
     build = session.scalar(
         select(Build)
         .where(Build.id == build_id)
-        .options(
-            selectinload(Build.specification),
+        .options(  # one join for what a build has one of, one query for its artifacts
+            joinedload(Build.specification),
+            joinedload(Build.environment).joinedload(Environment.namespace),
             selectinload(Build.build_artifacts),
-            selectinload(Build.environment).selectinload(Environment.namespace),
         )
     )
     if build is None:

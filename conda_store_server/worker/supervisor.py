@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from conda_store_server import discarded_prefixes
@@ -140,8 +140,8 @@ def prepare_store_in_fork_server() -> None:
         recipe = StoreRecipe(tuple(json.loads(text)))
         conda_store = recipe.make()
         with conda_store.session() as session:
-            with contextlib.suppress(NotFoundError):
-                get_build(session, 0)
+            with contextlib.suppress(NotFoundError):  # the newest build, so that every part runs
+                get_build(session, session.scalar(select(func.max(Build.id))) or 0)
             get_settings(session, conda_store)
         conda_store.engine.dispose()
     except (Exception, SystemExit):  # a configuration may exit: the fork server must live on

@@ -12,15 +12,12 @@ lifecycle pass empties whatever a crash left in the directory.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import threading
 import uuid
 
 __all__ = ["DIRECTORY_NAME", "delete", "delete_in_background", "discard", "empty"]
-
-log = logging.getLogger(__name__)
 
 #: Inside store_directory: the same filesystem as the prefixes, so that a rename moves them.
 DIRECTORY_NAME = ".discarded-prefixes"

@@ -17,8 +17,10 @@ from sqlalchemy import update
 from conda_store_server import discarded_prefixes
 from conda_store_server.build import pipeline
 from conda_store_server.db.models import Build, BuildStatus, utcnow
+from conda_store_server.exception import BuildPathError
 from conda_store_server.periodic.retention import run_storage_lifecycle
-from conda_store_server.service import get_build
+from conda_store_server.service import get_build, prefix_of
+from conda_store_server.worker import supervisor
 
 
 def make_prefix(path: Path) -> Path:
@@ -112,3 +114,15 @@ def test_a_build_process_ends_only_a_build_its_own_worker_holds(client, conda_st
         )
     assert not prefix.exists()
     assert list(Path(conda_store.store_directory, discarded_prefixes.DIRECTORY_NAME).iterdir()) == []
+
+
+def test_a_build_whose_path_is_too_long_to_install_has_nothing_to_discard(client, conda_store) -> None:
+    """Such a build fails before installing; ending it must not fail on computing its path."""
+    login(client)
+    build_id = submit(client, "name: longpath\ndependencies: [python]\n")
+    conda_store.build_directory = "{store_directory}/" + "deep/" * 60 + "{namespace}"
+    with conda_store.session() as session:
+        build = get_build(session, build_id)
+        with pytest.raises(BuildPathError):
+            prefix_of(conda_store, build)
+        assert supervisor._discard_if_unfinished(conda_store, build, BuildStatus.FAILED) is None

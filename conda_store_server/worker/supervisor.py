@@ -39,7 +39,7 @@ from conda_store_server.build.keys import artifact_key, build_key, identity_of
 from conda_store_server.build.logs import FLUSH_INTERVAL_SECONDS, LogShipper, spool_path, stamped
 from conda_store_server.db.models import Build, BuildStatus, utcnow
 from conda_store_server.db.session import refresh_query_statistics
-from conda_store_server.exception import NotFoundError
+from conda_store_server.exception import BuildPathError, NotFoundError
 from conda_store_server.periodic import claim_run
 from conda_store_server.periodic.retention import run_storage_lifecycle
 from conda_store_server.periodic.storage import record_storage_metrics
@@ -661,7 +661,11 @@ def _discard_if_unfinished(conda_store: CondaStore, build: Build, ended: BuildSt
     (`discarded_prefixes`), before the session commits that status; where it went."""
     if ended not in (BuildStatus.FAILED, BuildStatus.CANCELED):
         return None
-    return discarded_prefixes.discard(conda_store.store_directory, prefix_of(conda_store, build))
+    try:
+        prefix = prefix_of(conda_store, build)
+    except BuildPathError:
+        return None  # a path too long to install into: nothing was
+    return discarded_prefixes.discard(conda_store.store_directory, prefix)
 
 
 def _give_back(conda_store: CondaStore, session: Session, build: Build, why: str) -> BuildStatus | None:

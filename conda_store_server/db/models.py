@@ -52,6 +52,8 @@ class BuildStatus(enum.Enum):
 
 
 FINAL_STATUSES = frozenset({BuildStatus.COMPLETED, BuildStatus.FAILED, BuildStatus.CANCELED})
+#: ended without an environment: what such a build installed is discarded (`discarded_prefixes`)
+UNFINISHED_STATUSES = frozenset({BuildStatus.FAILED, BuildStatus.CANCELED})
 
 
 class BuildArtifactType(enum.Enum):

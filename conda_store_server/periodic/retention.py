@@ -20,7 +20,13 @@ from sqlalchemy import exists, select, update
 from sqlalchemy.orm import selectinload
 
 from conda_store_server import discarded_prefixes
-from conda_store_server.db.models import Build, BuildStatus, BuildStorageGroup, Environment
+from conda_store_server.db.models import (
+    UNFINISHED_STATUSES,
+    Build,
+    BuildStatus,
+    BuildStorageGroup,
+    Environment,
+)
 from conda_store_server.disk_usage import record_build_storage
 from conda_store_server.exception import BuildPathError
 from conda_store_server.retention import apply_retention_everywhere
@@ -35,7 +41,6 @@ log = logging.getLogger(__name__)
 
 MEASURE_BATCH = 200
 LEFTOVER_BATCH = 500
-_UNFINISHED = (BuildStatus.FAILED, BuildStatus.CANCELED)
 
 
 def measure_unmeasured_builds(conda_store: CondaStore, limit: int = MEASURE_BATCH) -> list[int]:
@@ -69,7 +74,7 @@ def discard_leftover_prefixes(conda_store: CondaStore, batch: int = LEFTOVER_BAT
         with conda_store.session() as session:
             builds = session.scalars(
                 select(Build)
-                .where(Build.status.in_(_UNFINISHED), Build.id > after)
+                .where(Build.status.in_(UNFINISHED_STATUSES), Build.id > after)
                 .options(
                     selectinload(Build.specification),
                     selectinload(Build.environment).selectinload(Environment.namespace),
@@ -92,7 +97,7 @@ def discard_leftover_prefixes(conda_store: CondaStore, batch: int = LEFTOVER_BAT
         with conda_store.session() as session:
             held = session.execute(
                 update(Build)
-                .where(Build.id == build_id, Build.status.in_(_UNFINISHED))
+                .where(Build.id == build_id, Build.status.in_(UNFINISHED_STATUSES))
                 .values(status=Build.status)
                 .execution_options(synchronize_session=False)
             ).rowcount

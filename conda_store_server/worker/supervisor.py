@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from conda_store_server import discarded_prefixes
 from conda_store_server.build.keys import artifact_key, build_key, identity_of
 from conda_store_server.build.logs import FLUSH_INTERVAL_SECONDS, LogShipper, spool_path, stamped
-from conda_store_server.db.models import Build, BuildStatus, utcnow
+from conda_store_server.db.models import UNFINISHED_STATUSES, Build, BuildStatus, utcnow
 from conda_store_server.db.session import refresh_query_statistics
 from conda_store_server.exception import BuildPathError, NotFoundError
 from conda_store_server.periodic import claim_run
@@ -659,7 +659,7 @@ def recover_stale_builds(conda_store: CondaStore, stale_after: float = STALE_AFT
 def _discard_if_unfinished(conda_store: CondaStore, build: Build, ended: BuildStatus | None) -> str | None:
     """Move the prefix of a build this caller has just ended FAILED or CANCELED out of the way
     (`discarded_prefixes`), before the session commits that status; where it went."""
-    if ended not in (BuildStatus.FAILED, BuildStatus.CANCELED):
+    if ended not in UNFINISHED_STATUSES:
         return None
     try:
         prefix = prefix_of(conda_store, build)

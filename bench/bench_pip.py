@@ -31,8 +31,9 @@ One run does everything and cleans up after itself::
      GET /api/v1/build/{id}/ every 20 ms until COMPLETED (``bench_build.service_build``).
 5. Prints medians of the totals and their ratio, and of the pip step alone: the service's
    ``_pip_install`` (interpreter inspection, ``uv pip compile`` to pylock.toml, ``uv pip install
-   --no-deps --require-hashes``, reading back the installed metadata) against the bare
-   ``uv pip install``; the goal is that the pip step adds no more than 20 % (ratio ≤ 1.2).
+   --no-deps --require-hashes``, both given the package cache's copy of the python, the
+   scripts' shebangs made the environment's, reading back the installed metadata) against the
+   bare ``uv pip install``; the goal is that the pip step adds no more than 20 % (ratio ≤ 1.2).
    Checks that both sides installed the same pip distributions and that no wheel was
    downloaded in the timed rounds (warm caches).
 """
@@ -215,6 +216,7 @@ PIP_STEPS = (
     ("conda_store_server.build.pip", "install", "pip.install"),
     ("conda_store_server.build.pip", "with_dependencies", "pip.with_dependencies"),
     ("conda_store_server.build.pip", "check_installed_files", "pip.check_installed_files"),
+    ("conda_store_server.build.shared_python", "relocate", "shared_python.relocate"),
     ("conda_store_server.build.pipeline", "_store_lockfile", "_store_lockfile"),
     ("conda_store_server.build.pipeline", "_lock", "_lock (conda solve + checks)"),
     ("conda_store_server.build.install", "install", "install.install (conda)"),
@@ -375,10 +377,11 @@ def report(result: dict[str, Any]) -> str:
     row("      install", s, "pip.install")
     row("        uv pip install (subprocess)", s, UV_LABEL.format("pip", "install"))
     row("          uv says: installed", s, "service uv: installed")
+    row("        relocate (shebangs, RECORD)", s, "shared_python.relocate")
     row("      with_dependencies", s, "pip.with_dependencies")
     row("      check_installed_files", s, "pip.check_installed_files")
     row("      (log: resolved in)", s, "pip_resolved_log")
-    shown = {label for _, _, label in PIP_STEPS[:7]}
+    shown = {label for _, _, label in PIP_STEPS[:8]}
     shown |= {UV_LABEL.format("pip", command) for command in ("compile", "install")}
     others = sorted(
         {name for figures in steps.values() for name in figures} - shown - {"resolve overhead"},

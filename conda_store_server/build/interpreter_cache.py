@@ -64,6 +64,7 @@ def load(cache_dir: str, key: str, prefix: str) -> dict[str, Any] | None:
         **stored,
         "site_packages": [_localized(path, prefix) for path in stored["site_packages"]],
         "executable": _localized(stored.get("executable"), prefix),
+        "headers": _localized(stored.get("headers"), prefix),
     }
 
 
@@ -72,9 +73,16 @@ def store(cache_dir: str, key: str, prefix: str, answer: dict[str, Any]) -> None
     roots = sorted({prefix.rstrip(os.sep), os.path.realpath(prefix)}, key=len, reverse=True)
     paths = [*answer.get("site_packages", []), answer.get("executable")]
     generalized = [_generalized(path, roots) for path in paths]
-    if any(path is None for path in generalized):
+    headers = answer.get("headers")  # None for a virtual environment
+    generalized_headers = None if headers is None else _generalized(headers, roots)
+    if any(path is None for path in generalized) or (headers is not None and generalized_headers is None):
         return
-    stored = {**answer, "site_packages": generalized[:-1], "executable": generalized[-1]}
+    stored = {
+        **answer,
+        "site_packages": generalized[:-1],
+        "executable": generalized[-1],
+        "headers": generalized_headers,
+    }
     os.makedirs(cache_dir, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
     try:

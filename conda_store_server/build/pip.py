@@ -2,20 +2,23 @@
 
 uv runs as a subprocess of the build process, in its process group, so a cancel or a build
 timeout (which signal the whole group) stops it too. It resolves for the environment's own
-interpreter (`<prefix>/bin/python`), and what conda installed counts as installed: every
-distribution conda put into site-packages is a constraint (`name==version`) of the resolution,
-backed by a metadata-only stand-in wheel so that the resolution never needs that exact version
-on an index, and is skipped at install. A pip requirement that conda satisfies is therefore
-neither reinstalled nor shadowed, and one that would need another version fails naming both.
+interpreter (`<prefix>/bin/python`; uv is given the package cache's copy of that file when
+there is one, which it already knows: see `shared_python`), and what conda installed counts as
+installed: every distribution conda put into site-packages is a constraint (`name==version`)
+of the resolution, backed by a metadata-only stand-in wheel so that the resolution never needs
+that exact version on an index, and is skipped at install. A pip requirement that conda
+satisfies is therefore neither reinstalled nor shadowed, and one that would need another
+version fails naming both.
 
 The resolution (`uv pip compile --format pylock.toml`) gives each file's URL and sha256; the
 install (`uv pip install --no-deps --require-hashes`) takes exactly those files, which is also
-how a lockfile's pip entries are installed. A `git+http(s)://` reference has no file to hash:
-uv clones it with the git CLI, the resolution names the commit, and the package is built and
-installed from `git+URL@<commit>` in a second `uv pip install --no-deps` (uv's hash mode is all
-or nothing, so that call alone goes without `--require-hashes`). Index URLs reach uv through
-its environment variables, not its command line, so their credentials never show in a process
-list; what is logged or raised passes through `mask_credentials`.
+how a lockfile's pip entries are installed (wheels by the cached copy into `--prefix`, source
+archives by the environment's python, which builds them). A `git+http(s)://` reference has no
+file to hash: uv clones it with the git CLI, the resolution names the commit, and the package
+is built and installed from `git+URL@<commit>` in a last `uv pip install --no-deps` (uv's hash
+mode is all or nothing, so that call alone goes without `--require-hashes`). Index URLs reach
+uv through its environment variables, not its command line, so their credentials never show in
+a process list; what is logged or raised passes through `mask_credentials`.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from conda_store_server.build import interpreter_cache
+from conda_store_server.build import interpreter_cache, shared_python
 from conda_store_server.build.logs import BuildLog
 from conda_store_server.exception import BuildFailure
 from conda_store_server.redact import mask_credentials, strip_credentials
@@ -123,6 +126,7 @@ print(json.dumps({
     "tags": [str(tag) for tag in tags.sys_tags()],
     "site_packages": sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}),
     "executable": sys.executable,
+    "headers": None if sys.prefix != sys.base_prefix else sysconfig.get_path("include"),
 }))
 """
 
@@ -265,6 +269,11 @@ class Interpreter:
     markers: Mapping[str, str]
     tags: tuple[str, ...]
     site_packages: tuple[str, ...]
+    prefix: str = ""
+    #: the package cache's copy of `python`, which uv runs when it can (`shared_python`)
+    shared_python: str | None = None
+    #: where a python that is not a virtual environment keeps C headers (None for a venv)
+    headers: str | None = None
 
 
 def inspect_interpreter(prefix: str, timeout: float, cache_dir: str | None = None) -> Interpreter:
@@ -285,12 +294,21 @@ def inspect_interpreter(prefix: str, timeout: float, cache_dir: str | None = Non
         found = _inspect(prefix, python, timeout)
         if cache_dir and key:
             interpreter_cache.store(cache_dir, key, prefix, found)
+    uv_python = _uv_python(prefix, python, found.get("executable"))
+    headers = found.get("headers")
     return Interpreter(
-        _uv_python(prefix, python, found.get("executable")),
+        uv_python,
         found["markers"],
         tuple(found["tags"]),
         tuple(found["site_packages"]),
+        prefix,
+        shared_python.find(prefix, uv_python),
+        headers if isinstance(headers, str) and _inside(headers, prefix) else None,
     )
+
+
+def _inside(path: str, prefix: str) -> bool:
+    return os.path.realpath(path).startswith(os.path.realpath(prefix) + os.sep)
 
 
 def _inspect(prefix: str, python: str, timeout: float) -> dict[str, Any]:
@@ -403,8 +421,8 @@ def uv_environment(options: PipOptions) -> dict[str, str]:
     return environment
 
 
-def _uv_arguments(interpreter: Interpreter, cache_dir: str) -> list[str]:
-    arguments = ["--python", interpreter.python, "--cache-dir", cache_dir]
+def _uv_arguments(python: str, cache_dir: str) -> list[str]:
+    arguments = ["--python", python, "--cache-dir", cache_dir]
     return [*arguments, "--no-config", "--no-progress", "--color", "never", "--no-python-downloads"]
 
 
@@ -490,13 +508,21 @@ def resolve(
     _require_git(git_requirements(options.requirements))
     conda = conda_distributions(interpreter)
     directory = Path(scratch)
-    arguments = compile_arguments(options, conda, directory) + _uv_arguments(interpreter, cache_dir)
-    if budget.remaining() <= 0:
-        raise budget.exceeded()
-    try:
-        result = _run_uv(arguments, options, scratch, budget.remaining(), log.write)
-    except subprocess.TimeoutExpired as error:
-        raise budget.exceeded() from error
+    arguments = compile_arguments(options, conda, directory)
+
+    def compile_with(python: str) -> subprocess.CompletedProcess[str]:
+        if budget.remaining() <= 0:
+            raise budget.exceeded()
+        try:
+            command = [*arguments, *_uv_arguments(python, cache_dir)]
+            return _run_uv(command, options, scratch, budget.remaining(), log.write)
+        except subprocess.TimeoutExpired as error:
+            raise budget.exceeded() from error
+
+    shared = interpreter.shared_python  # the same markers and tags as the environment's python
+    result = compile_with(shared or interpreter.python)
+    if shared and _could_not_run(result, shared, log):
+        result = compile_with(interpreter.python)
     if result.returncode != 0:
         raise BuildFailure(resolution_failure(result.stderr, conda))
     log.write(mask_credentials(result.stderr.strip()))
@@ -582,33 +608,73 @@ def install(
 ) -> None:
     """Install exactly these files (hashes checked) and git commits, no dependency resolution.
 
-    Files go first, in a call where every one must have its hash; git packages are built from
-    their commit in a second call, the only one without `--require-hashes`. The index URLs in
+    Files go first, in calls where every one must have its hash: wheels by the package cache's
+    copy of the python when there is one (`shared_python`: uv knows it already), then source
+    archives by the environment's own python, which builds them; git packages are built from
+    their commit in a last call, the only one without `--require-hashes`. The index URLs in
     `options` are passed too: uv sends their credentials to files on the same hosts, and takes
     the build backends of git packages from them.
     """
     git = [package for package in packages if package.is_git]
     _require_git(package.requirement for package in git)
-    files = [f"{p.requirement} --hash=sha256:{p.sha256}" for p in packages if not p.is_git]
-    if files:
-        _uv_install(interpreter, files, ["--require-hashes"], options, cache_dir, scratch, log)
+    files = [package for package in packages if not package.is_git]
+    python, shared, prefix = interpreter.python, interpreter.shared_python, interpreter.prefix
+    wheels = [package for package in files if shared and _is_wheel_url(package.url)]
+    built = [package for package in files if package not in wheels]
+    if wheels and shared:
+        into_prefix = ["--require-hashes", "--prefix", prefix]
+        result = _uv_install(shared, _hashed(wheels), into_prefix, options, cache_dir, scratch, log)
+        if _could_not_run(result, shared, log):
+            built = files
+        else:
+            _checked_install(result, log.write)
+            dist_infos = _dist_infos(interpreter, [package.name for package in wheels])
+            shared_python.relocate(prefix, dist_infos, shared, python, interpreter.headers)
+    if built:
+        result = _uv_install(python, _hashed(built), ["--require-hashes"], options, cache_dir, scratch, log)
+        _checked_install(result, log.write)
     if git:
-        _uv_install(interpreter, [p.requirement for p in git], [], options, cache_dir, scratch, log)
+        result = _uv_install(python, [p.requirement for p in git], [], options, cache_dir, scratch, log)
+        _checked_install(result, log.write)
+
+
+def _could_not_run(result: subprocess.CompletedProcess[str], shared: str, log: BuildLog) -> bool:
+    """Whether uv failed because it could not run the package cache's copy of the python (its
+    error names the interpreter): then the environment's own is used, as without a copy."""
+    if result.returncode == 0 or shared not in result.stderr:
+        return False
+    log.write(mask_credentials(result.stderr.strip()))
+    log.write(f"uv could not run {shared}; the environment's own python is used instead")
+    return True
+
+
+def _dist_infos(interpreter: Interpreter, names: Iterable[str]) -> list[str]:
+    """The `*.dist-info` directories of these installed distributions (where their RECORD is)."""
+    found = []
+    for distribution in _installed(interpreter, names).values():
+        record = next((f for f in distribution.files or [] if f.name == "RECORD"), None)
+        if record is not None and record.parent.name.endswith(".dist-info"):
+            found.append(str(distribution.locate_file(record.parent)))
+    return found
+
+
+def _hashed(packages: Iterable[PipPackage]) -> list[str]:
+    return [f"{package.requirement} --hash=sha256:{package.sha256}" for package in packages]
 
 
 def _uv_install(
-    interpreter: Interpreter,
+    python: str,
     lines: list[str],
     flags: list[str],
     options: PipOptions,
     cache_dir: str,
     scratch: str,
     log: BuildLog,
-) -> None:
+) -> subprocess.CompletedProcess[str]:
     Path(scratch, "install.txt").write_text("".join(f"{line}\n" for line in lines))
     arguments = ["pip", "install", "-r", "install.txt", "--no-deps", *flags]
-    arguments += ["--link-mode", "hardlink", *_uv_arguments(interpreter, cache_dir)]
-    _checked_install(_run_uv(arguments, options, scratch, None, log.write), log.write)
+    arguments += ["--link-mode", "hardlink", *_uv_arguments(python, cache_dir)]
+    return _run_uv(arguments, options, scratch, None, log.write)
 
 
 def _checked_install(result: subprocess.CompletedProcess[str], write: Callable[[str], None]) -> None:

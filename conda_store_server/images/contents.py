@@ -9,7 +9,6 @@ shebangs) rewritten and their RECORD hashes made true again.
 
 from __future__ import annotations
 
-import base64
 import csv
 import hashlib
 import io
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from conda_store_server.build.install import inside
+from conda_store_server.build.wheel_record import record_hash
 from conda_store_server.images.layers import LayerFile
 from conda_store_server.redact import mask_credentials
 
@@ -147,7 +147,7 @@ def _pip_unit(prefix: Path, dist_info: Path, image_prefix: str, old_prefixes: li
                 content = data
                 for old in old_prefixes:
                     content = content.replace(old, new_prefix)
-                row = [row[0], _record_hash(content), str(len(content))]
+                row = [row[0], record_hash(content), str(len(content))]
             fingerprint.append(
                 (relative, hashlib.sha256(content or data).hexdigest(), os.access(path, os.X_OK))
             )
@@ -173,11 +173,6 @@ def _pip_unit(prefix: Path, dist_info: Path, image_prefix: str, old_prefixes: li
         key=_digest("pip", image_prefix, sorted(fingerprint)),
         files=files,
     )
-
-
-def _record_hash(content: bytes) -> str:
-    digest = base64.urlsafe_b64encode(hashlib.sha256(content).digest()).rstrip(b"=").decode()
-    return f"sha256={digest}"
 
 
 def group_units(units: Iterable[Unit], budget: int) -> list[list[Unit]]:

@@ -33,6 +33,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conda_store_server.build.wheel_record import record_hash
+
 __all__ = [
     "GitRepository",
     "GitServer",
@@ -102,11 +104,6 @@ def _with_extra(requirement: str, extra: str) -> str:
     return f"{base.strip()} ; {condition}"
 
 
-def _record_hash(content: bytes) -> str:
-    digest = base64.urlsafe_b64encode(hashlib.sha256(content).digest()).rstrip(b"=").decode()
-    return f"sha256={digest}"
-
-
 def build_wheel(spec: WheelSpec, out_dir: Path) -> Path:
     """Write ``<out_dir>/<spec.filename>`` and return its path."""
     dist_info = f"{spec.distribution}-{spec.version}.dist-info"
@@ -119,7 +116,7 @@ def build_wheel(spec: WheelSpec, out_dir: Path) -> Path:
         b"Wheel-Version: 1.0\nGenerator: conda_store_server.testing.pypi\n"
         b"Root-Is-Purelib: true\nTag: py3-none-any\n"
     )
-    record = "".join(f"{path},{_record_hash(content)},{len(content)}\n" for path, content in files.items())
+    record = "".join(f"{path},{record_hash(content)},{len(content)}\n" for path, content in files.items())
     files[f"{dist_info}/RECORD"] = (record + f"{dist_info}/RECORD,,\n").encode()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / spec.filename

@@ -1,0 +1,180 @@
+"""uv runs the package cache's copy of the environment's python; what it wrote is then made the
+environment's own.
+
+uv learns about an interpreter by running it (a python start-up, tens of milliseconds) and
+remembers the answer by the interpreter's path. Every build's python has a new path, so every
+pip build paid that query, as long as uv's resolution and install themselves. The python
+package's extracted copy in the store's package cache is the same file (rattler links it from
+there) at a path that every environment of that package shares: uv asks it once per machine.
+
+Resolving with it is exact: the markers and wheel tags are those of the same binary on the same
+machine. Installing wheels with it uses `--prefix <environment>`, where uv lays files out as in a
+virtual environment at that prefix, which is what it does with the environment's own python but
+for two things `relocate` puts right afterwards: the scripts' shebangs name the interpreter uv
+ran, and C headers land in `include/site/pythonX.Y/` where a python that is not a virtual
+environment has them in its own `include` path. Source distributions and git packages are not
+installed this way: building them runs the interpreter, and the cache's copy still has its
+build-time placeholders in its configuration (compiler flags naming no real directory).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from conda_store_server.build.wheel_record import record_hash
+
+__all__ = ["find", "relocate"]
+
+#: The longest `#!` line uv writes as it is; a longer one, or one with a space, goes through
+#: /bin/sh (the kernel truncates long interpreter lines).
+_LONGEST_SHEBANG = 127
+
+
+def find(prefix: str, python: str) -> str | None:
+    """The package cache's copy of `python` (a path in `prefix`), or None when there is none.
+
+    The copy must be the very file the prefix has (a hard link, or the same bytes when the
+    package was copied in), so that uv's answer about it is true of the environment's python.
+    """
+    relative = os.path.relpath(python, prefix)
+    if relative.startswith(os.pardir) or "'" in python:
+        return None  # not in the prefix, or a path no shebang quoting of uv's would survive
+    extracted = _extracted_python_package(prefix)
+    if extracted is None:
+        return None
+    candidate = os.path.join(extracted, relative)
+    try:
+        if not os.path.isfile(candidate) or not os.access(candidate, os.X_OK):
+            return None
+        if os.path.samefile(candidate, python) or _same_bytes(candidate, python):
+            return candidate
+    except OSError:
+        return None
+    return None
+
+
+def _extracted_python_package(prefix: str) -> str | None:
+    for path in Path(prefix, "conda-meta").glob("python-*.json"):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("name") == "python":
+            extracted = record.get("extracted_package_dir")
+            return extracted if isinstance(extracted, str) and os.path.isabs(extracted) else None
+    return None
+
+
+def _same_bytes(first: str, second: str) -> bool:
+    if os.path.getsize(first) != os.path.getsize(second):
+        return False
+    with open(first, "rb") as a, open(second, "rb") as b:
+        while True:
+            chunk = a.read(1 << 20)
+            if chunk != b.read(1 << 20):
+                return False
+            if not chunk:
+                return True
+
+
+def relocate(prefix: str, dist_infos: Iterable[str], ran: str, python: str, headers: str | None) -> None:
+    """Make what uv installed with the interpreter `ran` into `prefix` as if `python` had run it.
+
+    Scripts whose shebang names `ran` name `python` instead (in the form uv would have chosen for
+    that path), and with `headers` (the include path of a python that is not a virtual
+    environment) the C headers move there from `include/site/pythonX.Y/`; every RECORD is made
+    true again. Files are replaced, never written in place: a file uv linked from its cache
+    must not change there.
+    """
+    scripts = os.path.join(prefix, "bin") + os.sep
+    venv_headers = os.path.join(prefix, "include", "site") + os.sep
+    ran_real = os.path.realpath(ran)
+    for dist_info in dist_infos:
+        record_path = os.path.join(dist_info, "RECORD")
+        site_packages = os.path.dirname(dist_info)
+        with open(record_path, newline="") as file:
+            rows = list(csv.reader(file))
+        changed = False
+        for row in rows:
+            if not row:
+                continue
+            path = os.path.normpath(os.path.join(site_packages, row[0]))
+            if path.startswith(scripts) and os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb") as file:
+                    content = file.read()
+                named = _shebang_interpreter(content)
+                if named and os.path.realpath(named[1]) == ran_real:
+                    content = _shebang(python) + content[named[0] :]
+                    _replace(path, content, os.stat(path).st_mode & 0o7777)
+                    row[1:] = [record_hash(content), str(len(content))]
+                    changed = True
+            elif headers and path.startswith(venv_headers) and os.path.isfile(path):
+                # include/site/pythonX.Y/<distribution>/<file> -> <headers>/<distribution>/<file>
+                inside = path[len(venv_headers) :].split(os.sep, 1)
+                if len(inside) == 2:
+                    target = os.path.join(headers, inside[1])
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    os.replace(path, target)
+                    _remove_empty_parents(os.path.dirname(path), os.path.join(prefix, "include"))
+                    row[0] = os.path.relpath(target, site_packages)
+                    changed = True
+        if changed:
+            text = io.StringIO()
+            csv.writer(text, lineterminator="\n").writerows(rows)
+            _replace(record_path, text.getvalue().encode(), os.stat(record_path).st_mode & 0o7777)
+
+
+#: The opening and closing of the /bin/sh form of a shebang (see `_shebang`).
+_SH_OPENING = b"#!/bin/sh\n'''exec' '"
+_SH_CLOSING = b"' \"$0\" \"$@\"\n' '''\n"
+
+
+def _shebang(python: str) -> bytes:
+    """The opening lines uv writes in a script for `python`."""
+    line = f"#!{python}\n"
+    if len(line) > _LONGEST_SHEBANG or " " in python:
+        return _SH_OPENING + os.fsencode(python) + _SH_CLOSING
+    return os.fsencode(line)
+
+
+def _shebang_interpreter(content: bytes) -> tuple[int, str] | None:
+    """(length of the opening lines, interpreter) of a script in either form `_shebang` writes."""
+    if content.startswith(_SH_OPENING):
+        end = content.find(_SH_CLOSING, len(_SH_OPENING))
+        if end < 0 or b"\n" in content[len(_SH_OPENING) : end]:
+            return None
+        return end + len(_SH_CLOSING), os.fsdecode(content[len(_SH_OPENING) : end])
+    if content.startswith(b"#!"):
+        end = content.find(b"\n")
+        line = content[2:end] if end >= 0 else content[2:]
+        if not line.strip() or b" " in line.strip():
+            return None  # `#!/usr/bin/env python` and the like name no file uv chose
+        return (end + 1 if end >= 0 else len(content)), os.fsdecode(line.strip())
+    return None
+
+
+def _replace(path: str, content: bytes, mode: int) -> None:
+    descriptor, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".relocate-")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(content)
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _remove_empty_parents(directory: str, stop: str) -> None:
+    while directory.startswith(stop + os.sep):
+        try:
+            os.rmdir(directory)
+        except OSError:
+            return
+        directory = os.path.dirname(directory)

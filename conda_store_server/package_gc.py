@@ -18,7 +18,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["cache_lease", "dist_name", "exclusive_cache_lease", "lease_path", "owned_root", "touch_entries"]
+__all__ = [
+    "cache_lease",
+    "dist_name",
+    "exclusive_cache_lease",
+    "lease_path",
+    "owned_root",
+    "touch_entries",
+    "uv_python_root",
+]
 
 PACKAGE_SUFFIXES = (".conda", ".tar.bz2")
 
@@ -31,6 +39,12 @@ def lease_path(package_cache: str) -> str:
 def owned_root(package_cache: str) -> str:
     """Copies of cache files given another owner (see build/permissions.py), beside the cache."""
     return f"{os.path.normpath(package_cache)}-owned"
+
+
+def uv_python_root(package_cache: str) -> str:
+    """The python packages' copies uv runs (see build/shared_python.py), beside the cache: one
+    directory per cache entry, removed with it."""
+    return f"{os.path.normpath(package_cache)}-uv-python"
 
 
 def _open_lease(package_cache: str) -> int:

@@ -329,3 +329,19 @@ def test_blob_listing_reads_s3_too(s3_endpoint: str) -> None:
     listing = blob_listing(storage, "docker/blobs/")
     assert sorted(listing) == ["docker/blobs/sha256:one", "docker/blobs/sha256:two"]
     assert all(abs(written - time.time()) < 300 for written in listing.values())
+
+
+def test_the_python_copy_uv_runs_goes_with_its_entry(tmp_path: Path) -> None:
+    """`<cache>-uv-python/<entry>` (build/shared_python.py) is removed with the entry it copies."""
+    cache = tmp_path / ".pkgs"
+    for name in ("python-3.11.7-0", "python-3.12.1-0"):
+        make_entry(cache, name, 100, 1000.0)
+        copy = tmp_path / ".pkgs-uv-python" / name / "bin"
+        copy.mkdir(parents=True)
+        (copy / "python3").write_bytes(b"p" * 50)
+        (copy.parent / "lib").symlink_to(cache / name / "info")
+    prefixes = [make_prefix(tmp_path, "env", ["python-3.12.1-0"])]
+    report = CollectionReport()
+    collect_conda_cache(str(cache), lambda: prefixes, None, report)
+    assert sorted(p.name for p in (tmp_path / ".pkgs-uv-python").iterdir()) == ["python-3.12.1-0"]
+    assert report.freed["conda"].bytes >= 150  # the entry and its copy

@@ -127,8 +127,9 @@ def test_retention_count_archives_the_oldest_and_a_rollback_restores_it(
     assert installed(first_prefix) == sorted((p["name"], p["version"]) for p in packages_before)
     link = Path(conda_store.store_directory, "alice", "envs", "kept")
     assert os.path.realpath(link) == os.path.realpath(first_prefix)
-    log = client.get(f"/api/v1/build/{first['id']}/logs/").text
-    assert "restored from its lockfile" in log and "no solve needed" in log
+    # the restore's log is shipped after COMPLETED is visible (the supervisor sends its last lines)
+    wait_until(lambda: "restored from its lockfile" in client.get(f"/api/v1/build/{first['id']}/logs/").text)
+    assert "no solve needed" in client.get(f"/api/v1/build/{first['id']}/logs/").text
     # the restored build completed last: now the second build is the one past the count
     wait_until(lambda: build_of(client, second["id"])["archived"])
     assert not build_of(client, third["id"])["archived"]

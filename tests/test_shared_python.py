@@ -121,8 +121,9 @@ def test_an_install_by_the_shared_python_equals_one_by_the_environments(
     install(own_prefix, tool_wheel, uv_cache, shared=False)
 
     (python_package,) = [p for p in cache.glob("python-*") if p.is_dir()]
+    uv_copy = Path(f"{cache}-uv-python") / python_package.name
     [command] = [line for line in log.lines if line.startswith("uv pip install")]
-    assert f"--python {python_package}/bin/python" in command and f"--prefix {shared_prefix}" in command
+    assert f"--python {uv_copy}/bin/python" in command and f"--prefix {shared_prefix}" in command
 
     shared, own = installed_files(shared_prefix), installed_files(own_prefix)
     assert set(shared) == set(own)
@@ -167,13 +168,15 @@ def test_an_environment_whose_python_is_not_in_the_cache_uses_its_own(
     python = pip.inspect_interpreter(str(prefix), 30).python
     assert shared_python.find(str(prefix), python) is not None
 
-    shutil.copytree(record["extracted_package_dir"], tmp_path / "copied")  # same bytes: still it
-    meta.write_text(json.dumps({**record, "extracted_package_dir": str(tmp_path / "copied")}))
+    copied = tmp_path / "other-cache" / "python-copied"
+    shutil.copytree(record["extracted_package_dir"], copied)  # the same bytes: still the python
+    meta.write_text(json.dumps({**record, "extracted_package_dir": str(copied)}))
+    relative = os.path.relpath(python, prefix)
     assert shared_python.find(str(prefix), python) == str(
-        tmp_path / "copied" / os.path.relpath(python, prefix)
+        tmp_path / "other-cache-uv-python" / copied.name / relative
     )
 
-    copied_python = tmp_path / "copied" / os.path.relpath(python, prefix)
+    copied_python = copied / relative
     copied_python.unlink()
     copied_python.write_bytes(b"#!/bin/sh\nexit 1\n")  # another interpreter: never taken for it
     copied_python.chmod(0o755)
@@ -268,3 +271,30 @@ def test_a_copy_uv_cannot_run_gives_way_to_the_environments_python(
     resolved = pip.resolve(interpreter, options, str(tmp_path / "uv-cache"), str(tmp_path), budget, log)
     assert {package.name for package in resolved} == {"pipgreet", "pipcolor", "tinylib"}
     assert f"uv could not run {broken}; the environment's own python is used instead" in log.lines
+
+
+def test_the_copy_uv_runs_stays_the_same_file_while_environments_come_and_go(
+    demo_channel: Path, tmp_path: Path
+):
+    """uv re-queries an interpreter whose inode changed (ctime): every new environment links the
+    cache's python once more, so uv is given a copy that nothing links, laid out once."""
+    cache = tmp_path / "pkgs"
+    environment(demo_channel, tmp_path / "first", cache)
+    first = pip.inspect_interpreter(str(tmp_path / "first"), 30)
+    assert first.shared_python is not None and first.shared_python.startswith(f"{cache}-uv-python/")
+    before = os.stat(first.shared_python)
+
+    environment(demo_channel, tmp_path / "second", cache)
+    second = pip.inspect_interpreter(str(tmp_path / "second"), 30)
+    after = os.stat(second.shared_python)
+    assert second.shared_python == first.shared_python
+    assert (after.st_ino, after.st_ctime_ns, after.st_nlink) == (before.st_ino, before.st_ctime_ns, 1)
+    result = subprocess.run(
+        [second.shared_python, "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True
+    )
+    assert result.stdout.strip() == str(Path(second.shared_python).parent.parent)  # runs from the copy
+
+    (python_package,) = [p for p in cache.glob("python-*") if p.is_dir()]
+    os.utime(python_package / os.path.relpath(second.python, tmp_path / "second"), (1, 1))  # re-extracted
+    third = pip.inspect_interpreter(str(tmp_path / "second"), 30)
+    assert third.shared_python == first.shared_python and os.stat(third.shared_python).st_ino != before.st_ino

@@ -2,17 +2,17 @@
 
 uv runs as a subprocess of the build process, in its process group, so a cancel or a build
 timeout (which signal the whole group) stops it too. It resolves for the environment's own
-interpreter (`<prefix>/bin/python`; uv is given the package cache's copy of that file when
-there is one, which it already knows: see `shared_python`), and what conda installed counts as
-installed: every distribution conda put into site-packages is a constraint (`name==version`)
-of the resolution, backed by a metadata-only stand-in wheel so that the resolution never needs
-that exact version on an index, and is skipped at install. A pip requirement that conda
-satisfies is therefore neither reinstalled nor shadowed, and one that would need another
-version fails naming both.
+interpreter (`<prefix>/bin/python`; uv is given a copy of that interpreter shared by every
+environment of its python package, which uv already knows: see `shared_python`), and what
+conda installed counts as installed: every distribution conda put into site-packages is a
+constraint (`name==version`) of the resolution, backed by a metadata-only stand-in wheel so
+that the resolution never needs that exact version on an index, and is skipped at install. A
+pip requirement that conda satisfies is therefore neither reinstalled nor shadowed, and one
+that would need another version fails naming both.
 
 The resolution (`uv pip compile --format pylock.toml`) gives each file's URL and sha256; the
 install (`uv pip install --no-deps --require-hashes`) takes exactly those files, which is also
-how a lockfile's pip entries are installed (wheels by the cached copy into `--prefix`, source
+how a lockfile's pip entries are installed (wheels by the shared copy into `--prefix`, source
 archives by the environment's python, which builds them). A `git+http(s)://` reference has no
 file to hash: uv clones it with the git CLI, the resolution names the commit, and the package
 is built and installed from `git+URL@<commit>` in a last `uv pip install --no-deps` (uv's hash
@@ -270,7 +270,7 @@ class Interpreter:
     tags: tuple[str, ...]
     site_packages: tuple[str, ...]
     prefix: str = ""
-    #: the package cache's copy of `python`, which uv runs when it can (`shared_python`)
+    #: the copy of `python` shared by the environments of its package, which uv runs when it can
     shared_python: str | None = None
     #: where a python that is not a virtual environment keeps C headers (None for a venv)
     headers: str | None = None
@@ -608,8 +608,8 @@ def install(
 ) -> None:
     """Install exactly these files (hashes checked) and git commits, no dependency resolution.
 
-    Files go first, in calls where every one must have its hash: wheels by the package cache's
-    copy of the python when there is one (`shared_python`: uv knows it already), then source
+    Files go first, in calls where every one must have its hash: wheels by the shared copy of
+    the python when there is one (`shared_python`: uv knows it already), then source
     archives by the environment's own python, which builds them; git packages are built from
     their commit in a last call, the only one without `--require-hashes`. The index URLs in
     `options` are passed too: uv sends their credentials to files on the same hosts, and takes
@@ -639,7 +639,7 @@ def install(
 
 
 def _could_not_run(result: subprocess.CompletedProcess[str], shared: str, log: BuildLog) -> bool:
-    """Whether uv failed because it could not run the package cache's copy of the python (its
+    """Whether uv failed because it could not run the shared copy of the python (its
     error names the interpreter): then the environment's own is used, as without a copy."""
     if result.returncode == 0 or shared not in result.stderr:
         return False

@@ -1,11 +1,14 @@
-"""uv runs the package cache's copy of the environment's python; what it wrote is then made the
-environment's own.
+"""uv runs one copy of the environment's python per python package; what it wrote is then made
+the environment's own.
 
 uv learns about an interpreter by running it (a python start-up, tens of milliseconds) and
-remembers the answer by the interpreter's path. Every build's python has a new path, so every
-pip build paid that query, as long as uv's resolution and install themselves. The python
-package's extracted copy in the store's package cache is the same file (rattler links it from
-there) at a path that every environment of that package shares: uv asks it once per machine.
+remembers the answer by the interpreter's path, for as long as that file's inode is unchanged.
+Every build's python has a new path, so every pip build paid that query, as long as uv's
+resolution and install themselves; and the package cache's file is no way out, since every new
+environment links it once more, which changes its inode (ctime). So uv is given a copy per
+python package beside the cache (`<cache>-uv-python/<entry>/`: the interpreter file copied, the
+rest of the entry linked), at a path every environment of that package shares, on an inode
+nothing links: uv asks it once per machine.
 
 Resolving with it is exact: the markers and wheel tags are those of the same binary on the same
 machine. Installing wheels with it uses `--prefix <environment>`, where uv lays files out as in a
@@ -13,8 +16,8 @@ virtual environment at that prefix, which is what it does with the environment's
 for two things `relocate` puts right afterwards: the scripts' shebangs name the interpreter uv
 ran, and C headers land in `include/site/pythonX.Y/` where a python that is not a virtual
 environment has them in its own `include` path. Source distributions and git packages are not
-installed this way: building them runs the interpreter, and the cache's copy still has its
-build-time placeholders in its configuration (compiler flags naming no real directory).
+installed this way: building them runs the interpreter, and the cache's files still have their
+build-time placeholders in the configuration (compiler flags naming no real directory).
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from conda_store_server import package_gc
 from conda_store_server.build.wheel_record import record_hash
 
 __all__ = ["find", "relocate"]
@@ -37,10 +43,11 @@ _LONGEST_SHEBANG = 127
 
 
 def find(prefix: str, python: str) -> str | None:
-    """The package cache's copy of `python` (a path in `prefix`), or None when there is none.
+    """The copy of `python` (a path in `prefix`) that uv runs, or None when there is none.
 
-    The copy must be the very file the prefix has (a hard link, or the same bytes when the
-    package was copied in), so that uv's answer about it is true of the environment's python.
+    The package cache's file must be the very file the prefix has (a hard link, or the same
+    bytes when the package was copied in), so that uv's answer about it is true of the
+    environment's python.
     """
     relative = os.path.relpath(python, prefix)
     if relative.startswith(os.pardir) or "'" in python:
@@ -48,15 +55,70 @@ def find(prefix: str, python: str) -> str | None:
     extracted = _extracted_python_package(prefix)
     if extracted is None:
         return None
-    candidate = os.path.join(extracted, relative)
+    source = os.path.join(extracted, relative)
     try:
-        if not os.path.isfile(candidate) or not os.access(candidate, os.X_OK):
+        if not os.path.isfile(source) or not os.access(source, os.X_OK):
             return None
-        if os.path.samefile(candidate, python) or _same_bytes(candidate, python):
-            return candidate
+        if not (os.path.samefile(source, python) or _same_bytes(source, python)):
+            return None
+        return _uv_copy(extracted, relative)
     except OSError:
         return None
-    return None
+
+
+def _uv_copy(extracted: str, relative: str) -> str | None:
+    """`<cache>-uv-python/<entry>/<relative>`: the interpreter copied, everything else of the
+    cache entry linked (so it runs as the entry's python would, from its own directory).
+
+    Not the cache's file itself: every environment of the package adds a hard link to that, and
+    uv takes an interpreter whose inode changed (its ctime) for another one, to be queried
+    again. Nothing links the copy. Laid out once per entry, aside and renamed into place, so a
+    build never sees half of one; the package-cache collector removes it with its entry.
+    """
+    root = package_gc.uv_python_root(os.path.dirname(extracted))
+    copy = os.path.join(root, os.path.basename(extracted))
+    target, source = os.path.join(copy, relative), os.path.join(extracted, relative)
+    if _current(copy, target, source):
+        return target
+    os.makedirs(root, exist_ok=True)
+    new = tempfile.mkdtemp(dir=root, prefix=".new-")
+    _lay_out(new, extracted, relative.split(os.sep))
+    stale = os.path.join(root, f".stale-{uuid.uuid4().hex}")
+    try:
+        os.rename(copy, stale)  # a copy whose entry changed under it (re-extracted)
+    except FileNotFoundError:
+        pass
+    try:
+        os.rename(new, copy)
+    except OSError:  # another build put its own in place meanwhile: that one serves
+        shutil.rmtree(new, ignore_errors=True)
+    shutil.rmtree(stale, ignore_errors=True)
+    return target if _current(copy, target, source) else None
+
+
+def _current(copy: str, target: str, source: str) -> bool:
+    """Whether the copy is of this interpreter and what it links still exists."""
+    try:
+        copied, original = os.stat(target), os.stat(source)
+        if (copied.st_size, copied.st_mtime_ns) != (original.st_size, original.st_mtime_ns):
+            return False
+        return all(os.path.exists(entry.path) for entry in os.scandir(copy) if entry.is_symlink())
+    except OSError:
+        return False
+
+
+def _lay_out(directory: str, source: str, parts: list[str]) -> None:
+    """In `directory`, every entry of `source` linked, but the path `parts` made of real
+    directories down to the interpreter, which is copied (mode and times kept)."""
+    for entry in os.scandir(source):
+        path = os.path.join(directory, entry.name)
+        if entry.name != parts[0]:
+            os.symlink(entry.path, path)
+        elif len(parts) == 1:
+            shutil.copy2(entry.path, path)
+        else:
+            os.mkdir(path)
+            _lay_out(path, entry.path, parts[1:])
 
 
 def _extracted_python_package(prefix: str) -> str | None:

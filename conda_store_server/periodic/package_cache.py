@@ -43,7 +43,7 @@ from conda_store_server.db.models import (
     Environment,
     KeyValueStore,
 )
-from conda_store_server.package_gc import exclusive_cache_lease, owned_root
+from conda_store_server.package_gc import exclusive_cache_lease, owned_root, uv_python_root
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -271,14 +271,16 @@ def _over_bound(
 
 
 def _owned_copies(package_cache: str, name: str) -> list[str]:
+    """What exists of an entry besides the entry itself: copies given other owners, and the
+    copy of a python package that uv runs."""
     root = owned_root(package_cache)
     try:
         owners = os.listdir(root)
     except FileNotFoundError:
-        return []
-    return [
-        os.path.join(root, owner, name) for owner in owners if os.path.isdir(os.path.join(root, owner, name))
-    ]
+        owners = []
+    copies = [os.path.join(root, owner, name) for owner in owners]
+    copies.append(os.path.join(uv_python_root(package_cache), name))
+    return [copy for copy in copies if os.path.isdir(copy)]
 
 
 def _move_out(

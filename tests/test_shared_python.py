@@ -27,6 +27,7 @@ import rattler
 
 from conda_store_server.build import pip, shared_python
 from conda_store_server.build.wheel_record import record_hash
+from conda_store_server.exception import BuildFailure
 from conda_store_server.testing.channel import host_subdir
 from conda_store_server.testing.pypi import WheelSpec, build_wheel
 from conda_store_server.testing.pypi import source_project as pip_source_files
@@ -298,3 +299,18 @@ def test_the_copy_uv_runs_stays_the_same_file_while_environments_come_and_go(
     os.utime(python_package / os.path.relpath(second.python, tmp_path / "second"), (1, 1))  # re-extracted
     third = pip.inspect_interpreter(str(tmp_path / "second"), 30)
     assert third.shared_python == first.shared_python and os.stat(third.shared_python).st_ino != before.st_ino
+
+
+def test_a_failing_wheel_install_fails_with_uvs_reason_and_no_retry(
+    demo_channel: Path, tool_wheel: Path, tmp_path: Path
+):
+    prefix = tmp_path / "env"
+    environment(demo_channel, prefix, tmp_path / "pkgs")
+    interpreter = pip.inspect_interpreter(str(prefix), 30)
+    package = pip.PipPackage("pytool", "1.0.0", tool_wheel.as_uri(), "0" * 64)  # not its hash
+    options = pip.PipOptions(requirements=(), index_url="https://pypi.invalid/simple")
+    log = Lines()
+    with pytest.raises(BuildFailure, match="(?i)hash"):
+        pip.install(interpreter, [package], options, str(tmp_path / "uv-cache"), str(tmp_path), log)
+    assert len([line for line in log.lines if line.startswith("uv pip install")]) == 1
+    assert not any("could not run" in line for line in log.lines)

@@ -280,7 +280,8 @@ def inspect_interpreter(prefix: str, timeout: float, cache_dir: str | None = Non
     """Ask the environment's python about itself; fail the build if there is none.
 
     With `cache_dir`, an answer given before by the same python package on this machine is
-    reused (`interpreter_cache`): the python is not started again.
+    reused (`interpreter_cache`): the python is not started again. The copy of the interpreter
+    that uv is given is found, or laid out the first time, here too (`shared_python.find`).
     """
     python = os.path.join(prefix, "bin", "python")
     if not os.path.exists(python):
@@ -639,9 +640,10 @@ def install(
 
 
 def _could_not_run(result: subprocess.CompletedProcess[str], shared: str, log: BuildLog) -> bool:
-    """Whether uv failed because it could not run the shared copy of the python (its
-    error names the interpreter): then the environment's own is used, as without a copy."""
-    if result.returncode == 0 or shared not in result.stderr:
+    """Whether uv failed because it could not run the shared copy of the python (its error
+    names the interpreter, in backquotes; the line saying which interpreter it uses has none):
+    then the environment's own is used, as without a copy."""
+    if result.returncode == 0 or f"`{shared}`" not in result.stderr:
         return False
     log.write(mask_credentials(result.stderr.strip()))
     log.write(f"uv could not run {shared}; the environment's own python is used instead")

@@ -82,7 +82,11 @@ def _uv_copy(extracted: str, relative: str) -> str | None:
         return target
     os.makedirs(root, exist_ok=True)
     new = tempfile.mkdtemp(dir=root, prefix=".new-")
-    _lay_out(new, extracted, relative.split(os.sep))
+    try:
+        _lay_out(new, extracted, relative.split(os.sep))
+    except OSError:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
     stale = os.path.join(root, f".stale-{uuid.uuid4().hex}")
     try:
         os.rename(copy, stale)  # a copy whose entry changed under it (re-extracted)

@@ -26,6 +26,7 @@ import pytest
 import rattler
 
 from conda_store_server.build import pip, shared_python
+from conda_store_server.build.interpreter_cache import python_record
 from conda_store_server.build.wheel_record import record_hash
 from conda_store_server.exception import BuildFailure
 from conda_store_server.testing.channel import host_subdir
@@ -167,13 +168,13 @@ def test_an_environment_whose_python_is_not_in_the_cache_uses_its_own(
     meta = next(prefix.glob("conda-meta/python-*.json"))
     record = json.loads(meta.read_text())
     python = pip.inspect_interpreter(str(prefix), 30).python
-    assert shared_python.find(str(prefix), python) is not None
+    assert shared_python.find(str(prefix), python, python_record(str(prefix))) is not None
 
     copied = tmp_path / "other-cache" / "python-copied"
     shutil.copytree(record["extracted_package_dir"], copied)  # the same bytes: still the python
     meta.write_text(json.dumps({**record, "extracted_package_dir": str(copied)}))
     relative = os.path.relpath(python, prefix)
-    assert shared_python.find(str(prefix), python) == str(
+    assert shared_python.find(str(prefix), python, python_record(str(prefix))) == str(
         tmp_path / "other-cache-uv-python" / copied.name / relative
     )
 
@@ -181,12 +182,14 @@ def test_an_environment_whose_python_is_not_in_the_cache_uses_its_own(
     copied_python.unlink()
     copied_python.write_bytes(b"#!/bin/sh\nexit 1\n")  # another interpreter: never taken for it
     copied_python.chmod(0o755)
-    assert shared_python.find(str(prefix), python) is None
+    assert shared_python.find(str(prefix), python, python_record(str(prefix))) is None
     meta.write_text(
         json.dumps({key: value for key, value in record.items() if key != "extracted_package_dir"})
     )
-    assert shared_python.find(str(prefix), python) is None
-    assert shared_python.find(str(prefix), "/usr/bin/python3") is None  # not the prefix's
+    assert shared_python.find(str(prefix), python, python_record(str(prefix))) is None
+    assert (
+        shared_python.find(str(prefix), "/usr/bin/python3", python_record(str(prefix))) is None
+    )  # not the prefix's
 
     log = install(prefix, tool_wheel, tmp_path / "uv-cache", shared=True)
     [command] = [line for line in log.lines if line.startswith("uv pip install")]

@@ -24,22 +24,27 @@ import packaging
 _PREFIX_MARK = "{prefix}"
 
 
-def cache_key(prefix: str, script: str) -> str | None:
-    """The key of the prefix's python, or None when its conda record has no hash."""
+def python_record(prefix: str) -> dict[str, Any] | None:
+    """The prefix's conda-meta record of its python package, or None (read once per pip build:
+    the key below and `shared_python.find` both need it)."""
     for path in Path(prefix, "conda-meta").glob("python-*.json"):
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if record.get("name") != "python":
-            continue
-        digest = record.get("sha256") or record.get("md5")
-        if not isinstance(digest, str) or not digest:
-            return None
-        machine = (platform.machine(), platform.release(), platform.version(), _libc())
-        parts = [digest, script, packaging.__version__, *machine]
-        return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+        if isinstance(record, dict) and record.get("name") == "python":
+            return record
     return None
+
+
+def cache_key(record: dict[str, Any] | None, script: str) -> str | None:
+    """The key of the python of this conda record, or None when the record has no hash."""
+    digest = (record or {}).get("sha256") or (record or {}).get("md5")
+    if not isinstance(digest, str) or not digest:
+        return None
+    machine = (platform.machine(), platform.release(), platform.version(), _libc())
+    parts = [digest, script, packaging.__version__, *machine]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
 def _libc() -> str:

@@ -289,7 +289,8 @@ def inspect_interpreter(prefix: str, timeout: float, cache_dir: str | None = Non
             "The specification has pip dependencies but its environment has no python; "
             "add `python` to the conda dependencies"
         )
-    key = interpreter_cache.cache_key(prefix, _INSPECT_SCRIPT) if cache_dir else None
+    record = interpreter_cache.python_record(prefix)
+    key = interpreter_cache.cache_key(record, _INSPECT_SCRIPT) if cache_dir else None
     found = interpreter_cache.load(cache_dir, key, prefix) if cache_dir and key else None
     if found is None:
         found = _inspect(prefix, python, timeout)
@@ -303,7 +304,7 @@ def inspect_interpreter(prefix: str, timeout: float, cache_dir: str | None = Non
         tuple(found["tags"]),
         tuple(found["site_packages"]),
         prefix,
-        shared_python.find(prefix, uv_python),
+        shared_python.find(prefix, uv_python, record),
         headers if isinstance(headers, str) and _inside(headers, prefix) else None,
     )
 

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from conda_store_server import package_gc
 from conda_store_server.build.wheel_record import record_hash
@@ -42,18 +42,19 @@ __all__ = ["find", "relocate"]
 _LONGEST_SHEBANG = 127
 
 
-def find(prefix: str, python: str) -> str | None:
+def find(prefix: str, python: str, record: Mapping[str, Any] | None) -> str | None:
     """The copy of `python` (a path in `prefix`) that uv runs, or None when there is none.
 
-    The package cache's file must be the very file the prefix has (a hard link, or the same
-    bytes when the package was copied in), so that uv's answer about it is true of the
-    environment's python.
+    `record` is the prefix's conda-meta record of its python package, which names the cache
+    entry it came from. The package cache's file must be the very file the prefix has (a hard
+    link, or the same bytes when the package was copied in), so that uv's answer about it is
+    true of the environment's python.
     """
     relative = os.path.relpath(python, prefix)
     if relative.startswith(os.pardir) or "'" in python:
         return None  # not in the prefix, or a path no shebang quoting of uv's would survive
-    extracted = _extracted_python_package(prefix)
-    if extracted is None:
+    extracted = (record or {}).get("extracted_package_dir")
+    if not isinstance(extracted, str) or not os.path.isabs(extracted):
         return None
     source = os.path.join(extracted, relative)
     try:
@@ -123,18 +124,6 @@ def _lay_out(directory: str, source: str, parts: list[str]) -> None:
         else:
             os.mkdir(path)
             _lay_out(path, entry.path, parts[1:])
-
-
-def _extracted_python_package(prefix: str) -> str | None:
-    for path in Path(prefix, "conda-meta").glob("python-*.json"):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if record.get("name") == "python":
-            extracted = record.get("extracted_package_dir")
-            return extracted if isinstance(extracted, str) and os.path.isabs(extracted) else None
-    return None
 
 
 def _same_bytes(first: str, second: str) -> bool:

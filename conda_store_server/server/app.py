@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import ipaddress
 import json
+import logging
 import os
 import re
 import socket
@@ -32,6 +33,7 @@ from conda_store_server.limits import MAX_BODY_BYTES
 from conda_store_server.server import auth
 from conda_store_server.server.api.listing import DEPRECATION_HEADERS
 from conda_store_server.server.docs import add_docs
+from conda_store_server.server.kept_pages import KeptPages
 from conda_store_server.server.middleware import RequestGuard
 from conda_store_server.server.response_cache import ListCache
 from conda_store_server.server.schema import Login
@@ -252,12 +254,16 @@ class CondaStoreServer(BaseApplication):
 
     def uvicorn_config(self, app: FastAPI | str) -> uvicorn.Config:
         """Forwarded headers (X-Forwarded-For/-Proto) are trusted only behind a proxy. `app` is an
-        application, or the import path of a factory of one (in each of `workers` processes)."""
+        application, or the import path of a factory of one (in each of `workers` processes).
+        Above INFO no request is logged, so uvicorn is told so: it formats each line's
+        arguments before its logger drops it."""
+        level = self.log_level if isinstance(self.log_level, int) else logging.getLevelName(self.log_level)
         return uvicorn.Config(
             app,
             host=self.address,
             port=self.port,
             log_level=self.log_level,
+            access_log=not isinstance(level, int) or level <= logging.INFO,
             proxy_headers=self.behind_proxy,
             forwarded_allow_ips="*" if self.behind_proxy else None,
             workers=self.workers,
@@ -361,6 +367,7 @@ def create_app(
     app.state.authentication = authentication
     app.state.server = server
     app.state.list_cache = ListCache(conda_store.engine, server.list_cache_bytes)
+    app.add_middleware(KeptPages, cache=app.state.list_cache, authentication=authentication)  # innermost
 
     if server.cors_allow_origins or server.cors_allow_origin_regex:
         app.add_middleware(

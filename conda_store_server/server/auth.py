@@ -14,6 +14,7 @@ import enum
 import os
 import re
 import secrets
+import time
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any
 
 import httpx
 import jwt
+from starlette.requests import HTTPConnection
 from traitlets import Bool, Dict, Instance, Integer, TraitError, Type, Unicode, default, observe, validate
 from traitlets.config import LoggingConfigurable
 
@@ -133,6 +135,15 @@ class AuthenticationBackend(LoggingConfigurable):
         "{arn: [roles]}, 'exp': ...}}; every field optional.",
     )
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._verified: dict[str, dict[str, Any]] = {}
+
+    @observe("secret", "jwt_algorithm")
+    def _forget_verified(self, _change: Any) -> None:
+        if hasattr(self, "_verified"):  # set in __init__, after configured values are observed
+            self._verified.clear()
+
     @default("secret_file")
     def _default_secret_file(self) -> str:
         return os.path.join(conda_store_dir(), ".secret")
@@ -147,29 +158,62 @@ class AuthenticationBackend(LoggingConfigurable):
     def decrypt_token(self, value: str) -> AuthenticationToken | None:
         """A valid token's claims, or None (expired, forged, malformed): the caller is anonymous."""
         if value in self.predefined_tokens:
-            return _token_from_claims(dict(self.predefined_tokens[value]))
-        try:
-            claims = jwt.decode(value, self.secret, algorithms=[self.jwt_algorithm])
-        except jwt.PyJWTError:
+            predefined = dict(self.predefined_tokens[value])
+            return None if _expired(predefined) else _token_from_claims(predefined)
+        claims = self._verified.get(value)
+        if claims is None:
+            try:
+                claims = jwt.decode(value, self.secret, algorithms=[self.jwt_algorithm])
+            except jwt.PyJWTError:
+                return None
+            self._remember(value, claims)
+        elif _expired(claims):
+            self._verified.pop(value, None)
             return None
         return _token_from_claims(claims)
+
+    def _remember(self, value: str, claims: dict[str, Any]) -> None:
+        """Verifying a signature is most of what a kept list page costs to serve (~40 us of
+        ~170): a token verified once is valid until it expires, the one claim that changes
+        with time (a token valid now is not "not yet valid" later). Forged or malformed ones
+        are not kept. A few thousand at most: all are dropped when the dict is full."""
+        if len(self._verified) >= VERIFIED_TOKENS_KEPT:
+            self._verified.clear()
+        self._verified[value] = claims
+
+
+VERIFIED_TOKENS_KEPT = 4096
+
+
+def _expired(claims: dict[str, Any]) -> bool:
+    """As PyJWT judges `exp` (an integer, no leeway): expired from that second on. A predefined
+    token's may also be a datetime (naive: UTC)."""
+    exp = claims.get("exp")
+    if exp is None:
+        return False
+    if isinstance(exp, datetime.datetime):
+        exp = (exp if exp.tzinfo else exp.replace(tzinfo=datetime.UTC)).timestamp()
+    try:
+        return int(exp) <= time.time()
+    except (TypeError, ValueError, OverflowError):
+        return True
 
 
 def _token_from_claims(claims: dict[str, Any]) -> AuthenticationToken | None:
     try:
         exp = claims.get("exp")
-        token = AuthenticationToken(
-            primary_namespace=str(claims.get("primary_namespace", "default")),
-            role_bindings={
-                str(k): [str(r) for r in v] for k, v in dict(claims.get("role_bindings") or {}).items()
-            },
-        )
+        role_bindings = {
+            str(k): [str(r) for r in v] for k, v in dict(claims.get("role_bindings") or {}).items()
+        }
+        namespace = str(claims.get("primary_namespace", "default"))
         if isinstance(exp, int | float):
-            token.exp = datetime.datetime.fromtimestamp(exp, datetime.UTC)
+            expires = datetime.datetime.fromtimestamp(exp, datetime.UTC)
         elif isinstance(exp, datetime.datetime):
-            token.exp = exp if exp.tzinfo else exp.replace(tzinfo=datetime.UTC)
-        return token
-    except (TypeError, ValueError, AttributeError):
+            expires = exp if exp.tzinfo else exp.replace(tzinfo=datetime.UTC)
+        else:
+            return AuthenticationToken(primary_namespace=namespace, role_bindings=role_bindings)
+        return AuthenticationToken(primary_namespace=namespace, role_bindings=role_bindings, exp=expires)
+    except (TypeError, ValueError, AttributeError, OverflowError, OSError):
         return None
 
 
@@ -327,6 +371,12 @@ class Authentication(LoggingConfigurable):
     def authenticate(self, username: str, password: str) -> AuthenticationToken | None:
         """Whom a username/password identifies; the base class trusts nobody."""
         return None
+
+    def entity_of(self, connection: HTTPConnection) -> AuthenticationToken | None:
+        """Who sent this request (None: anonymous), from its cookie or Authorization header."""
+        return self.entity_from_headers(
+            connection.cookies.get(self.cookie_name), connection.headers.get("authorization")
+        )
 
     def entity_from_headers(
         self, cookie: str | None, authorization: str | None

@@ -122,9 +122,7 @@ async def get_caller(request: Request, session: Session = SessionDependency) -> 
     """The token is checked here (CPU only: a signature); role mappings are read when needed,
     in the request's own session (one connection per request)."""
     authentication: Authentication = request.app.state.authentication
-    entity = authentication.entity_from_headers(
-        request.cookies.get(authentication.cookie_name), request.headers.get("authorization")
-    )
+    entity = authentication.entity_of(request)
     conda_store: CondaStore = request.app.state.conda_store
     return Caller(entity, authentication, conda_store.default_namespace, session)
 

@@ -21,6 +21,7 @@ commit made old: it is recomputed at the next request. Other databases, and SQLi
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -28,6 +29,7 @@ import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,11 +37,21 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
+from starlette.types import Scope
 
 if TYPE_CHECKING:
+    from conda_store_server.server.auth import AuthenticationToken
     from conda_store_server.server.dependencies import Caller
 
-__all__ = ["DatabaseVersion", "ListCache", "ResponseCache", "cached_list", "cached_page"]
+__all__ = [
+    "DatabaseVersion",
+    "FreshVersions",
+    "ListCache",
+    "ResponseCache",
+    "cached_list",
+    "cached_page",
+    "page_key",
+]
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +128,70 @@ class DatabaseVersion:
             self._close_watcher()
 
 
+class FreshVersions:
+    """The database's version for requests on the event loop, read in a thread of its own.
+
+    Each request is answered by a read that *started after it asked*, so a page it is served
+    is as fresh as one the route would read; requests that ask while a read runs share the
+    next one, so under load one read (a round trip on PostgreSQL) serves many requests.
+    """
+
+    def __init__(self, read: Callable[[], Hashable | None]) -> None:
+        self._read = read
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="database-version")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reading = False
+        self._waiting: list[asyncio.Future[Hashable | None]] = []  # for the next read
+
+    async def read(self) -> Hashable | None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # another loop (a test client's): nothing of the last one counts
+            self._loop, self._reading, self._waiting = loop, False, []
+        waiter: asyncio.Future[Hashable | None] = loop.create_future()
+        self._waiting.append(waiter)
+        if not self._reading:
+            self._start(loop)
+        return await waiter
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        waiters, self._waiting = self._waiting, []
+        self._reading = True
+
+        def read_and_answer() -> None:
+            try:
+                version = self._read()
+            except Exception:  # noqa: BLE001 - None: nothing kept is served, the routes answer
+                log.warning("reading the database version failed", exc_info=True)
+                version = None
+            try:
+                loop.call_soon_threadsafe(self._answer, loop, waiters, version)
+            except RuntimeError:  # that loop is closed: nobody waits any more
+                pass
+
+        self._executor.submit(read_and_answer)
+
+    def _answer(
+        self, loop: asyncio.AbstractEventLoop, waiters: list[asyncio.Future[Hashable | None]], version: Any
+    ) -> None:
+        if loop is not self._loop:
+            return
+        for waiter in waiters:
+            if not waiter.done():  # a request that went away cancelled its own
+                waiter.set_result(version)
+        self._reading = False
+        if self._waiting:
+            self._start(loop)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False)
+
+
 @dataclass(frozen=True)
 class _Entry:
     version: Hashable
     body: bytes
     headers: tuple[tuple[str, str], ...]
+    raw_headers: list[tuple[bytes, bytes]]  # the same as an ASGI response sends them, with the length
 
 
 class ResponseCache:
@@ -135,15 +206,19 @@ class ResponseCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: Hashable, version: Hashable) -> _Entry | None:
+    def get(self, key: Hashable, version: Hashable, count_miss: bool = True) -> _Entry | None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None or entry.version != version:
-                self.misses += 1
+                self.misses += count_miss
                 return None
             self._entries.move_to_end(key)
             self.hits += 1
             return entry
+
+    def holds(self, key: Hashable) -> bool:
+        """A page is kept under `key`, of whatever version."""
+        return key in self._entries
 
     def put(
         self, key: Hashable, version: Hashable, body: bytes, headers: tuple[tuple[str, str], ...] = ()
@@ -154,7 +229,11 @@ class ResponseCache:
             old = self._entries.pop(key, None)
             if old is not None:
                 self._bytes -= len(old.body)
-            self._entries[key] = _Entry(version, body, headers)
+            raw = [
+                (b"content-length", str(len(body)).encode()),
+                *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers),
+            ]
+            self._entries[key] = _Entry(version, body, headers, raw)
             self._bytes += len(body)
             while self._bytes > self.max_bytes and self._entries:
                 _, evicted = self._entries.popitem(last=False)
@@ -172,6 +251,7 @@ class ListCache:
         self.version = DatabaseVersion(engine)
         self.pages = ResponseCache(max_bytes)
         self.enabled = max_bytes > 0 and self.version.supported
+        self.fresh_versions = FreshVersions(self.version.read)
 
     def respond(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         """The kept page for `key` if the database has not changed since, else `compute()`
@@ -191,20 +271,16 @@ class ListCache:
         return response
 
     def close(self) -> None:
+        self.fresh_versions.close()
         self.version.close()
 
 
-def cached_list(request: Request, caller: Caller | None, compute: Callable[[], Any]) -> Any:
-    """`compute()`'s answer to this route, query string and caller, kept while the database is
-    unchanged. The query string counts as sent (`sort_by` twice is an order).
-
-    The caller counts by what its token grants (primary namespace and role bindings): what the
+def page_key(scope: Scope, entity: AuthenticationToken | None) -> Hashable:
+    """A page's key: its path, its query string as sent (`sort_by` twice is an order) and its
+    caller, by what the caller's token grants (primary namespace and role bindings); what the
     database grants it (namespace role mappings) is in the database, whose version is checked.
-    """
-    cache: ListCache | None = getattr(request.app.state, "list_cache", None)
-    if cache is None:
-        return compute()
-    entity = caller.entity if caller is not None else None
+    Every route counts its caller, even one whose answer does not depend on it: the shortcut
+    that serves kept pages before routing (kept_pages.py) cannot know which routes those are."""
     who = (
         None
         if entity is None
@@ -213,8 +289,17 @@ def cached_list(request: Request, caller: Caller | None, compute: Callable[[], A
             tuple(sorted((k, tuple(sorted(v))) for k, v in entity.role_bindings.items())),
         )
     )
-    key = (request.url.path, request.scope.get("query_string", b""), who)
-    return cache.respond(key, compute)
+    return (scope["path"], scope.get("query_string", b""), who)
+
+
+def cached_list(request: Request, caller: Caller | None, compute: Callable[[], Any]) -> Any:
+    """`compute()`'s answer to this route, query string and caller (`page_key`), kept while the
+    database is unchanged."""
+    cache: ListCache | None = getattr(request.app.state, "list_cache", None)
+    if cache is None or "jwt" in request.query_params:  # that filter's token may expire: not kept
+        return compute()
+    entity = caller.entity if caller is not None else request.app.state.authentication.entity_of(request)
+    return cache.respond(page_key(request.scope, entity), compute)
 
 
 def cached_page(endpoint: Callable[..., Any]) -> Callable[..., Any]:

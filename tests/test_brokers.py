@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import os
 import time
 from typing import Any
 
@@ -21,6 +23,8 @@ from conftest import (
 from slow_channel import SlowChannel
 
 from conda_store_server.app import CondaStore
+from conda_store_server.worker import queue as queue_module
+from conda_store_server.worker.doorbell import doorbell_directory
 from conda_store_server.worker.queue import build_task_id
 
 BROKERS: dict[str, dict[str, str]] = {
@@ -65,7 +69,21 @@ def queue(conda_store, broker):
     return app
 
 
-def test_builds_travel_through_the_broker(client, queue, config_file, tmp_path) -> None:
+def silence_the_doorbell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Builds reach the worker through the broker (or the database) alone."""
+    monkeypatch.setattr(queue_module, "ring", lambda store_directory: None)
+
+
+def wait_for_doorbell(conda_store: CondaStore, timeout: float = 30) -> None:
+    directory = doorbell_directory(conda_store.store_directory)
+    deadline = time.monotonic() + timeout
+    while not (os.path.isdir(directory) and any(n.endswith(".sock") for n in os.listdir(directory))):
+        assert time.monotonic() < deadline, "the worker never listened for its doorbell"
+        time.sleep(0.05)
+
+
+def test_builds_travel_through_the_broker(client, queue, config_file, tmp_path, monkeypatch) -> None:
+    silence_the_doorbell(monkeypatch)
     login(client)
     worker = WorkerProcess(config_file, tmp_path / "worker.log").start("--concurrency=2")
     try:
@@ -112,9 +130,13 @@ def test_cancel_running_and_queued_builds(client, queue, config_file, slow_chann
 
 
 @pytest.mark.parametrize("broker", ["sql"], indirect=True)
-def test_a_build_whose_message_is_lost_still_runs(conda_store, store_settings, config_file, tmp_path) -> None:
+def test_a_build_whose_message_is_lost_still_runs(
+    conda_store, store_settings, config_file, tmp_path, monkeypatch
+) -> None:
     """The server cannot reach its broker: the POST still succeeds and a worker finds the build."""
     from fastapi.testclient import TestClient
+
+    silence_the_doorbell(monkeypatch)
     from traitlets.config import Config
 
     from conda_store_server.server.app import CondaStoreServer
@@ -136,3 +158,57 @@ def test_a_build_whose_message_is_lost_still_runs(conda_store, store_settings, c
     finally:
         worker.stop()
         cut_off.engine.dispose()
+
+
+@pytest.mark.parametrize("broker", ["sql"], indirect=True)
+def test_the_doorbell_starts_a_build_before_its_message_and_the_message_follows_it(
+    client, queue, conda_store, config_file, tmp_path
+) -> None:
+    login(client)
+    worker = WorkerProcess(config_file, tmp_path / "worker.log").start()
+    try:
+        wait_for_doorbell(conda_store)
+        build_id = submit(client, FAST.format(n=0))
+        build = wait_for_build(client, build_id)
+        assert build["status"] == "COMPLETED", build
+        assert f"build {build_id} started at the doorbell's ring" in worker.output()
+        # the task that arrived later waited for the build instead of claiming it again
+        assert AsyncResult(build_task_id(build_id), app=queue).get(timeout=30) == "COMPLETED"
+    finally:
+        worker.stop()
+
+
+@pytest.mark.parametrize("broker", ["sql"], indirect=True)
+def test_the_doorbell_alone_starts_a_build_at_once(
+    conda_store, store_settings, config_file, tmp_path
+) -> None:
+    """The server's broker is unreachable: the ring still starts the build within moments,
+    long before a worker would look for lost messages in the database."""
+    from fastapi.testclient import TestClient
+    from traitlets.config import Config
+
+    from conda_store_server.server.app import CondaStoreServer
+    from conda_store_server.worker.supervisor import UNANNOUNCED_AFTER_SECONDS
+
+    unreachable = {**store_settings, "CondaStore": {**store_settings["CondaStore"]}}
+    unreachable["CondaStore"]["celery_broker_url"] = "redis://127.0.0.1:1/0"
+    cut_off = CondaStore(config=Config(unreachable))
+    worker = WorkerProcess(config_file, tmp_path / "worker.log").start()
+    try:
+        wait_for_doorbell(conda_store)
+        with TestClient(CondaStoreServer(config=Config(unreachable)).create_app(cut_off)) as client:
+            login(client)
+            build_id = submit(client, FAST.format(n=0))
+            build = wait_for_build(client, build_id, lambda b: b["started_on"] is not None, timeout=30)
+            assert build["status"] in ("BUILDING", "COMPLETED"), build
+            waited = parse_time(build["started_on"]) - parse_time(build["scheduled_on"])
+            assert waited.total_seconds() < UNANNOUNCED_AFTER_SECONDS / 4, build
+            assert wait_for_build(client, build_id, timeout=60)["status"] == "COMPLETED"
+        assert f"build {build_id} started at the doorbell's ring" in worker.output()
+    finally:
+        worker.stop()
+        cut_off.engine.dispose()
+
+
+def parse_time(value: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(value.rstrip("Z"))

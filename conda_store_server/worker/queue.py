@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 from celery import Celery
 
+from conda_store_server.worker.doorbell import ring
+
 if TYPE_CHECKING:
     from kombu import Connection
 
@@ -72,7 +74,12 @@ def prepare_broker(connection: Connection, broker_url: str) -> None:
 
 
 def dispatch_builds(conda_store: CondaStore, build_ids: list[int]) -> None:
-    """Announce committed builds; a broker outage only delays them (workers also poll the database)."""
+    """Announce committed builds; a broker outage only delays them (workers also poll the database).
+
+    This host's idle workers are woken first (`doorbell`): they claim the builds while the
+    message is still being published.
+    """
+    ring(conda_store.store_directory)
     app = conda_store.celery_app
     for build_id in build_ids:
         try:

@@ -1,11 +1,12 @@
 """Supervised builds: run each claimed build in its own child process, never leave one stuck.
 
-The database is the queue's truth. Celery tasks (or, for builds whose message was lost, this
-supervisor itself) claim a QUEUED build with a conditional update, so two workers never take
-the same build; the build then runs in a child forked into its own process group. A monitor
-thread, every few seconds: proves running builds are alive (heartbeat), kills those canceled or
-over their wall-clock limit, settles the status of those whose child is gone, and runs the
-deployment's periodic work when the database says it is this worker's turn.
+The database is the queue's truth. Celery tasks (or this supervisor itself, woken by the
+doorbell of its host or looking for builds whose message was lost) claim a QUEUED build with a
+conditional update, so two workers never take the same build; the build then runs in a child
+forked into its own process group. A monitor thread, every few seconds: proves running builds
+are alive (heartbeat), kills those canceled or over their wall-clock limit, settles the status of
+those whose child is gone, and runs the deployment's periodic work when the database says it is
+this worker's turn.
 
 A build is not failed by what happens to its worker: a worker that is stopped (a restart, a
 deploy) gives its running builds back to the queue, and any worker gives back the builds whose
@@ -45,6 +46,7 @@ from conda_store_server.periodic.retention import run_storage_lifecycle
 from conda_store_server.periodic.storage import record_storage_metrics
 from conda_store_server.service import get_build, kept_artifacts, prefix_of, purge_build_files
 from conda_store_server.settings import get_settings
+from conda_store_server.worker.doorbell import Doorbell
 from conda_store_server.worker.watch_paths import register_watched_environments
 
 if TYPE_CHECKING:
@@ -185,6 +187,7 @@ class Supervisor:
         poll_interval: float = 0.05,
         worker_id: str | None = None,
         watch_paths: Sequence[str] = (),
+        doorbell: bool = True,
     ) -> None:
         self.conda_store = conda_store
         self.recipe = recipe
@@ -206,22 +209,28 @@ class Supervisor:
         self._log_keys: dict[int, str] = {}
         self._shipping: threading.Thread | None = None
         self._shipping_stopped = threading.Event()
+        self._wants_doorbell = doorbell
+        self._doorbell: Doorbell | None = None
+        self._answering: threading.Thread | None = None
 
     # ------------------------------------------------------------------ the Celery task's side
     def run_build(self, build_id: int) -> str:
         """Claim this build and supervise it to its end; the final status, or why it did not run.
 
         Blocks the calling task thread for the build's duration, so that Celery counts the
-        slot as busy and takes no more messages than this worker has free slots.
+        slot as busy and takes no more messages than this worker has free slots. A build this
+        supervisor started already (its doorbell rang before the message came) is followed.
         """
         with self._slots:
-            while len(self.running) >= self.concurrency and not self._stopping:
-                self._slots.wait(1.0)
-            if self._stopping:
-                return "not started: the worker is shutting down (the build stays QUEUED)"
-            if not self._claim(build_id):
-                return f"not started: {self._status_of(build_id)}"
-            running = self._start(build_id)
+            running = self.running.get(build_id)
+            if running is None or running.stopping_reason is not None:
+                while len(self.running) >= self.concurrency and not self._stopping:
+                    self._slots.wait(1.0)
+                if self._stopping:
+                    return "not started: the worker is shutting down (the build stays QUEUED)"
+                if not self._claim(build_id):
+                    return f"not started: {self._status_of(build_id)}"
+                running = self._start(build_id)
         running.done.wait()
         return running.final_status
 
@@ -241,6 +250,7 @@ class Supervisor:
     def run(self, should_stop: Callable[[], bool]) -> None:
         self._start_shipping()
         recover_stale_builds(self.conda_store)
+        self._listen_for_doorbell()
         while not should_stop():
             try:
                 self.step()
@@ -258,7 +268,7 @@ class Supervisor:
             self._last_heartbeat = now
             self._heartbeat()
             self._periodic_work()
-            self._claim_unannounced()
+            self._claim_waiting(UNANNOUNCED_AFTER_SECONDS)
         self._enforce_limits()
         self._check_requests()
 
@@ -298,6 +308,11 @@ class Supervisor:
         self._shipping_stopped.set()
         if self._shipping is not None:
             self._shipping.join(KILL_GRACE_SECONDS)
+        if self._answering is not None and self._doorbell is not None:
+            self._doorbell.interrupt()
+            self._answering.join(KILL_GRACE_SECONDS)
+        if self._doorbell is not None:
+            self._doorbell.close()
 
     # ------------------------------------------------------------------ claiming and starting
     def _claim(self, build_id: int) -> bool:
@@ -330,32 +345,51 @@ class Supervisor:
             status = session.scalar(select(Build.status).where(Build.id == build_id))
         return f"build {build_id} is {status.value}" if status else f"build {build_id} does not exist"
 
-    def _claim_unannounced(self) -> None:
-        """Builds whose message was lost still run: idle slots take them from the database."""
+    def _claim_waiting(self, waited_seconds: float | None) -> None:
+        """Idle slots take QUEUED builds from the database, oldest first: those that waited
+        `waited_seconds` (their message was lost), or any when the doorbell rang (None)."""
         with self._slots:
             free = self.concurrency - len(self.running)
             if free <= 0 or self._stopping:
                 return
-            cutoff = utcnow() - datetime.timedelta(seconds=UNANNOUNCED_AFTER_SECONDS)
+            waiting = select(Build.id).where(Build.status == BuildStatus.QUEUED, Build.deleted_on.is_(None))
+            if waited_seconds is not None:
+                cutoff = utcnow() - datetime.timedelta(seconds=waited_seconds)
+                waiting = waiting.where(Build.scheduled_on < cutoff)
             with self.conda_store.session() as session:
-                candidates = session.scalars(
-                    select(Build.id)
-                    .where(
-                        Build.status == BuildStatus.QUEUED,
-                        Build.deleted_on.is_(None),
-                        Build.scheduled_on < cutoff,
-                    )
-                    .order_by(Build.id)
-                    .limit(free)
-                ).all()
+                candidates = session.scalars(waiting.order_by(Build.id).limit(free)).all()
             for build_id in candidates:
                 if self._claim(build_id):
-                    log.info(
-                        "build %s had waited %s s unclaimed: started from the database",
-                        build_id,
-                        UNANNOUNCED_AFTER_SECONDS,
-                    )
+                    if waited_seconds is None:
+                        log.info("build %s started at the doorbell's ring", build_id)
+                    else:
+                        log.info(
+                            "build %s had waited %s s unclaimed: started from the database",
+                            build_id,
+                            waited_seconds,
+                        )
                     self._start(build_id)
+
+    def _listen_for_doorbell(self) -> None:
+        if not self._wants_doorbell:
+            return
+        try:
+            self._doorbell = Doorbell(self.conda_store.store_directory)
+        except OSError as error:
+            log.info("no doorbell (builds arrive through the broker alone): %s", error)
+            return
+        self._answering = threading.Thread(target=self._answer_doorbell, name="doorbell", daemon=True)
+        self._answering.start()
+
+    def _answer_doorbell(self) -> None:
+        assert self._doorbell is not None
+        while not self._stopping:
+            try:
+                if self._doorbell.wait(1.0):
+                    self._claim_waiting(None)
+            except Exception:
+                log.exception("answering the doorbell failed; the broker still brings builds")
+                time.sleep(1.0)
 
     def _start(self, build_id: int) -> RunningBuild:
         process = self._context.Process(

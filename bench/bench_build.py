@@ -280,6 +280,7 @@ STEP_FUNCTIONS = (
     ("conda_store_server.build.pipeline", "get_build"),
     ("conda_store_server.build.install", "check_entry_points"),
     ("conda_store_server.build.install", "touch_entries"),
+    ("conda_store_server.build.pipeline", "_install_conda"),
     ("conda_store_server.build.pipeline", "_build"),
 )
 

@@ -20,6 +20,7 @@ import shutil
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,7 @@ from conda_store_server.fetch_policy import (
     check_resolved_pip_urls,
 )
 from conda_store_server.images.step import make_image
+from conda_store_server.prefix_files import CondaFiles
 from conda_store_server.redact import mask_credentials
 from conda_store_server.retention import apply_retention_after_build, archived_lockfile
 from conda_store_server.service import get_build, link_current_build, prefix_of, run_post_update_hook
@@ -173,28 +175,16 @@ def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
     solve_started = time.monotonic()
     lock, channels = _lock(conda_store, plan, log)
     pip_entries = [] if plan.is_lockfile else _pip_entries(plan.spec)
-    lock_bytes = None
-    if not pip_entries and not plan.restoring:  # else complete only once pip has resolved
-        lock_bytes = _store_lockfile(conda_store, plan, lock)
-    locked_pip = [pip.PipPackage.from_lock_entry(entry) for entry in lockfile.pip_packages(lock, host)]
-    records_by_platform = lockfile.from_conda_lock(lock)
-    if host not in records_by_platform:
-        raise BuildFailure(
-            f"The lockfile does not cover this worker's platform {host} (it covers "
-            f"{sorted(records_by_platform)}); add {host} to conda_solve_platforms, or lock an "
-            f"uploaded lockfile for {host} too"
-        )
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockfile") as beside_install:
+        # stored while rattler installs (its threads leave this interpreter idle); complete
+        # only once pip has resolved, when there is pip
+        storing = None
+        if not pip_entries and not plan.restoring:
+            storing = beside_install.submit(_store_lockfile, conda_store, plan, lock)
+        records_by_platform, conda_files = _install_conda(conda_store, plan, lock, host, log)
     records = records_by_platform[host]
-
-    if os.path.lexists(plan.prefix):
-        shutil.rmtree(plan.prefix)
-    os.makedirs(os.path.dirname(plan.prefix), exist_ok=True)
-    log.write(f"installing {len(records)} packages into {plan.prefix}")
-    for record in sorted(records, key=lambda r: r.name.normalized):
-        log.write(f"  {record.name.normalized} {record.version} {record.build}  {record.url}")
-    started = time.monotonic()
-    conda_files = asyncio.run(install.install(records, plan.prefix, conda_store.package_cache_directory))
-    log.write(f"installed in {time.monotonic() - started:.2f} s")
+    lock_bytes = storing.result() if storing is not None else None
+    locked_pip = [pip.PipPackage.from_lock_entry(entry) for entry in lockfile.pip_packages(lock, host)]
 
     if pip_entries:
         budget = pip.SolveBudget(plan.settings.conda_max_solve_time, solve_started)
@@ -220,6 +210,32 @@ def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
     pins = [p.requirement if p.is_git else f"{p.name}=={p.version}" for p in locked_pip]
     _make_artifacts(conda_store, plan, channels, pins, lock_bytes, records_by_platform, log)
     apply_retention_after_build(conda_store, plan.build_id)
+
+
+def _install_conda(
+    conda_store: CondaStore, plan: BuildPlan, lock: dict[str, Any], host: str, log: BuildLog
+) -> tuple[dict[str, list[rattler.RepoDataRecord]], CondaFiles]:
+    """Install the lockfile's conda packages for this worker's platform into a new prefix; the
+    records of every platform it covers, and the paths each installed package holds."""
+    records_by_platform = lockfile.from_conda_lock(lock)
+    if host not in records_by_platform:
+        raise BuildFailure(
+            f"The lockfile does not cover this worker's platform {host} (it covers "
+            f"{sorted(records_by_platform)}); add {host} to conda_solve_platforms, or lock an "
+            f"uploaded lockfile for {host} too"
+        )
+    records = records_by_platform[host]
+
+    if os.path.lexists(plan.prefix):
+        shutil.rmtree(plan.prefix)
+    os.makedirs(os.path.dirname(plan.prefix), exist_ok=True)
+    log.write(f"installing {len(records)} packages into {plan.prefix}")
+    for record in sorted(records, key=lambda r: r.name.normalized):
+        log.write(f"  {record.name.normalized} {record.version} {record.build}  {record.url}")
+    started = time.monotonic()
+    conda_files = asyncio.run(install.install(records, plan.prefix, conda_store.package_cache_directory))
+    log.write(f"installed in {time.monotonic() - started:.2f} s")
+    return records_by_platform, conda_files
 
 
 def _store_lockfile(conda_store: CondaStore, plan: BuildPlan, lock: dict[str, Any]) -> bytes:

@@ -275,3 +275,23 @@ def test_an_expired_predefined_token_is_refused() -> None:
     assert backend.decrypt_token("old") is None and backend.decrypt_token("old-number") is None
     assert backend.decrypt_token("current").role_bindings == {"*/*": ["viewer"]}
     assert backend.decrypt_token("forever").primary_namespace == "svc"
+
+
+def test_a_polled_build_is_kept_until_its_worker_writes(client: TestClient, conda_store: CondaStore) -> None:
+    """Clients poll a build while it runs: its page is kept between the worker's writes, and a
+    reader without the right to it is never answered from what another caller was given."""
+    login(client)
+    build_id = submit(client, "name: polled\ndependencies: [python]\n", namespace="team")
+    client.cookies.clear()
+    headers = _headers(client, ADMIN)
+    cache = _cache(client)
+    path = f"/api/v1/build/{build_id}/"
+    first = client.get(path, headers=headers)
+    assert first.status_code == 200 and first.json()["data"]["status"] == "QUEUED"
+    hits = cache.pages.hits
+    assert client.get(path, headers=headers).content == first.content
+    assert cache.pages.hits == hits + 1
+    assert client.get(path, headers=_headers(client, {"other/*": ["viewer"]})).status_code == 403
+
+    _write_elsewhere(conda_store.database_url, f"UPDATE build SET status = 'BUILDING' WHERE id = {build_id}")
+    assert client.get(path, headers=headers).json()["data"]["status"] == "BUILDING"

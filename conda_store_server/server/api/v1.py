@@ -29,6 +29,7 @@ from conda_store_server.server.dependencies import (
     SessionDependency,
     StoreDependency,
 )
+from conda_store_server.server.response_cache import cached_page
 from conda_store_server.server.schema import (
     Build,
     Environment,
@@ -212,6 +213,7 @@ def _readable_build(session: Session, caller: Caller, build_id: int, *permission
 
 
 @router.get("/build/{build_id}/")
+@cached_page  # clients poll it while the build runs: kept between the database's changes
 def api_get_build(
     build_id: BuildId, caller: Caller = CallerDependency, session: Session = SessionDependency
 ) -> dict[str, Any]:

@@ -373,7 +373,7 @@ def install_child_step_timer(out_path: str) -> None:
     pipeline = importlib.import_module("conda_store_server.build.pipeline")
     supervisor = importlib.import_module("conda_store_server.worker.supervisor")
     wrap(supervisor.StoreRecipe, "make", "StoreRecipe.make")  # the child's config and CondaStore
-    run_build, child_main = pipeline.run_build, supervisor._child_main
+    run_build, run_and_exit = pipeline.run_build, supervisor._run_and_exit
 
     def timed_run_build(conda_store: Any, build_id: int) -> Any:
         started = time.perf_counter()
@@ -390,14 +390,15 @@ def install_child_step_timer(out_path: str) -> None:
                 },
             )
 
-    def timed_child_main(recipe: Any, build_id: int) -> Any:
+    def timed_run_and_exit(recipe: Any, build_id: int, conda_store: Any = None) -> Any:
+        steps.clear()  # what a waiting process did before its build arrived is not the build's
         steps["_child_entry"] = time.time()
-        return child_main(recipe, build_id)
+        return run_and_exit(recipe, build_id, conda_store)
 
-    # the pickled build target names supervisor._child_main: children of this fork server
-    # resolve it to the timed one
+    # both build targets (a new process, or one waiting for its build) call it through the
+    # module: children of this fork server find the timed one
     pipeline.run_build = timed_run_build
-    supervisor._child_main = timed_child_main
+    supervisor._run_and_exit = timed_run_and_exit
     if missing:
         _write_step_record(out_path, {"missing": missing})
 
@@ -419,7 +420,7 @@ def step_figures(path: Path, build_ids: set[int]) -> tuple[dict[int, dict[str, f
             steps = {k: v for k, v in record["steps"].items() if k != "_child_entry"}
             steps["run_build"] = record["run_build"]
             if record.get("child_entry") and record["build_id"] in forks:
-                steps["fork → child running"] = record["child_entry"] - forks[record["build_id"]]
+                steps["start → build in its process"] = record["child_entry"] - forks[record["build_id"]]
             figures[record["build_id"]] = steps
     return figures, missing
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,45 @@ def test_a_real_workers_builds_use_the_prepared_store(client, config_file, tmp_p
     finally:
         worker.stop()
     assert Path(marker).read_text() == "True False\nTrue False\n"
+
+
+def _waiting_processes(worker: WorkerProcess) -> list[int]:
+    return [int(pid) for pid in re.findall(r"process (\d+) waits for the next build", worker.output())]
+
+
+def _wait_for_waiting_process(worker: WorkerProcess, count: int, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while len(found := _waiting_processes(worker)) < count:
+        assert time.monotonic() < deadline, f"no process waits for a build:\n{worker.output()}"
+        time.sleep(0.05)
+    return found[count - 1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_builds_start_in_a_process_that_was_waiting_for_them(client, config_file, tmp_path) -> None:
+    """Started and connected while the worker was idle; another waits after each build, and the
+    last one ends with its worker."""
+    worker = WorkerProcess(config_file, tmp_path / "worker.log").start()
+    try:
+        login(client)
+        for n in range(2):
+            waiting = _wait_for_waiting_process(worker, n + 1)
+            build_id = submit(client, f"name: waited-{n}\ndependencies: [libzlib]\n")
+            build = wait_for_build(client, build_id)
+            assert build["status"] == "COMPLETED", build["status_info"]
+            assert f"build {build_id} started in process {waiting} (waiting for it)" in worker.output()
+        last = _wait_for_waiting_process(worker, 3)
+        assert _alive(last)
+    finally:
+        worker.stop()
+    deadline = time.monotonic() + 10
+    while _alive(last):
+        assert time.monotonic() < deadline, "the waiting process outlived its worker"
+        time.sleep(0.05)

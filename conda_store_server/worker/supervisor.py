@@ -50,6 +50,7 @@ from conda_store_server.worker.doorbell import Doorbell
 from conda_store_server.worker.watch_paths import register_watched_environments
 
 if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
 
     from conda_store_server.app import CondaStore
@@ -100,6 +101,15 @@ class RunningBuild:
     done: threading.Event = field(default_factory=threading.Event)
 
 
+@dataclass
+class WaitingProcess:
+    """A build process started before its build, connected and warmed while the worker is idle:
+    a build handed to it starts without the fork (~7 ms) and a fresh process's first queries."""
+
+    process: BaseProcess
+    handover: Connection  # the supervisor's end: a build id, or None to end it
+
+
 @dataclass(frozen=True)
 class StoreRecipe:
     """How a build child makes its own CondaStore: the worker's command line, read again.
@@ -141,15 +151,19 @@ def prepare_store_in_fork_server() -> None:
     try:
         recipe = StoreRecipe(tuple(json.loads(text)))
         conda_store = recipe.make()
-        with conda_store.session() as session:
-            with contextlib.suppress(NotFoundError):  # the newest build, so that every part runs
-                get_build(session, session.scalar(select(func.max(Build.id))) or 0)
-            get_settings(session, conda_store)
+        _run_first_queries(conda_store)
         conda_store.engine.dispose()
     except (Exception, SystemExit):  # a configuration may exit: the fork server must live on
         log.warning("the fork server could not prepare the builds' CondaStore", exc_info=True)
         return
     _prepared = (recipe, conda_store)
+
+
+def _run_first_queries(conda_store: CondaStore) -> None:
+    with conda_store.session() as session:
+        with contextlib.suppress(NotFoundError):  # the newest build, so that every part runs
+            get_build(session, session.scalar(select(func.max(Build.id))) or 0)
+        get_settings(session, conda_store)
 
 
 def _store_for(recipe: StoreRecipe) -> CondaStore:
@@ -209,6 +223,7 @@ class Supervisor:
         self._log_keys: dict[int, str] = {}
         self._shipping: threading.Thread | None = None
         self._shipping_stopped = threading.Event()
+        self._waiting: WaitingProcess | None = None
         self._wants_doorbell = doorbell
         self._doorbell: Doorbell | None = None
         self._answering: threading.Thread | None = None
@@ -263,6 +278,7 @@ class Supervisor:
 
     def step(self) -> None:
         self._reap()
+        self._keep_a_process_waiting()
         now = time.monotonic()
         if now - self._last_heartbeat >= HEARTBEAT_INTERVAL_SECONDS:
             self._last_heartbeat = now
@@ -278,10 +294,13 @@ class Supervisor:
         with self._slots:
             self._stopping = True
             self._slots.notify_all()
+            waiting, self._waiting = self._waiting, None
             for running in self.running.values():
                 if running.stopping_reason is None:  # a cancel or a timeout under way keeps its outcome
                     running.stopping_reason = (BuildStatus.QUEUED, f"its worker {self.worker_id} was stopped")
                 _kill(running)
+        if waiting is not None:
+            _end_waiting(waiting)
         for child in (self._indexer, self._collector):
             if child is not None and child.is_alive():
                 child.terminate()
@@ -392,7 +411,9 @@ class Supervisor:
                 time.sleep(1.0)
 
     def _start(self, build_id: int) -> RunningBuild:
-        process = self._context.Process(
+        self._logs.start(build_id)
+        handed = self._hand_to_waiting(build_id)
+        process = handed or self._context.Process(
             target=_child_main,
             args=(self.recipe, build_id),
             name=f"build-{build_id}",
@@ -400,8 +421,8 @@ class Supervisor:
         )
         running = RunningBuild(build_id, process)
         try:
-            self._logs.start(build_id)
-            process.start()
+            if handed is None:
+                process.start()
         except Exception as error:  # noqa: BLE001 - e.g. the fork server died: the build must not stay BUILDING
             # not the build's fault: multiprocessing starts a new fork server for the next process
             log.exception("build %s: no build process could be started", build_id)
@@ -413,9 +434,54 @@ class Supervisor:
             running.done.set()
             return running
         self.running[build_id] = running
-        log.info("build %s started in process %s", build_id, process.pid)
+        how = " (waiting for it)" if handed is not None else ""
+        log.info("build %s started in process %s%s", build_id, process.pid, how)
         self._start_shipping()
         return running
+
+    def _hand_to_waiting(self, build_id: int) -> BaseProcess | None:
+        """The waiting process, now running this build; None when there is none alive."""
+        waiting, self._waiting = self._waiting, None
+        if waiting is None:
+            return None
+        try:
+            if waiting.process.exitcode is not None:
+                raise BrokenPipeError("it ended")
+            waiting.handover.send(build_id)
+        except (OSError, ValueError) as error:
+            log.info(
+                "the waiting build process %s is gone (%s): a new one runs build %s",
+                waiting.process.pid,
+                error,
+                build_id,
+            )
+            _end_waiting(waiting)
+            return None
+        waiting.handover.close()
+        return waiting.process
+
+    def _keep_a_process_waiting(self) -> None:
+        """Only while no build runs: its warm-up must not slow a build down."""
+        if self._waiting is not None or self.running or self._stopping:
+            return
+        receiving, sending = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=_waiting_child_main, args=(self.recipe, receiving), name="build-waiting", daemon=False
+        )
+        try:
+            process.start()
+        except Exception:  # noqa: BLE001 - builds then start in processes of their own, as before
+            log.warning("no build process could be started ahead of its build", exc_info=True)
+            sending.close()
+            return
+        finally:
+            receiving.close()
+        with self._slots:
+            if self._stopping:
+                _end_waiting(WaitingProcess(process, sending))
+            else:
+                self._waiting = WaitingProcess(process, sending)
+                log.info("process %s waits for the next build", process.pid)
 
     # ------------------------------------------------------------------ logs
     def _start_shipping(self) -> None:
@@ -889,17 +955,58 @@ def _periodic_child(recipe: StoreRecipe, work: Callable[[CondaStore], object], f
     os._exit(code)  # as a build child: rattler's runtime threads must not be finalized
 
 
+def _end_waiting(waiting: WaitingProcess) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        waiting.handover.send(None)
+    waiting.handover.close()
+    waiting.process.join(KILL_GRACE_SECONDS)
+    if waiting.process.exitcode is None:
+        waiting.process.kill()
+        waiting.process.join(KILL_GRACE_SECONDS)
+
+
 def _child_main(recipe: StoreRecipe, build_id: int) -> None:
     os.setsid()
+    _become_build_process()
+    _run_and_exit(recipe, build_id)
+
+
+def _waiting_child_main(recipe: StoreRecipe, handover: Connection) -> None:
+    """Wait for a build id (None or a closed pipe: end); connected and warmed meanwhile.
+
+    The process leads no session of its own until its build arrives: until then it is no build.
+    """
+    _become_build_process()
+    conda_store: CondaStore | None = None
+    try:
+        conda_store = _store_for(recipe)
+        _run_first_queries(conda_store)
+    except (Exception, SystemExit):  # the build makes its own then, and says what fails
+        log.debug("warming the waiting build process failed", exc_info=True)
+    try:
+        build_id = handover.recv()
+    except (EOFError, OSError):
+        build_id = None
+    if build_id is None:
+        logging.shutdown()
+        os._exit(0)
+    os.setsid()
+    _run_and_exit(recipe, build_id, conda_store)
+
+
+def _become_build_process() -> None:
     die_with_parent()  # a build must not outlive its fork server
     _end_with_worker()  # nor its worker
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _run_and_exit(recipe: StoreRecipe, build_id: int, conda_store: CondaStore | None = None) -> None:
     from conda_store_server.build.pipeline import run_build
 
     code = 0
     try:
-        run_build(_store_for(recipe), build_id)
+        run_build(conda_store or _store_for(recipe), build_id)
     except BaseException:
         log.exception("build %s crashed", build_id)
         code = 1

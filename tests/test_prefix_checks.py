@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conda_store_server.build import install
 from conda_store_server.build.install import check_installed_paths
 from conda_store_server.build.permissions import apply_ownership
 from conda_store_server.build.pip import Interpreter, PipPackage, check_installed_files
@@ -171,3 +172,27 @@ def test_a_pip_file_that_is_a_symlink_out_of_the_prefix_stops_the_build(tmp_path
     data.symlink_to(tmp_path / "elsewhere.txt")
     with pytest.raises(BuildFailure, match="demo/data.txt"):
         check_installed_files(str(tmp_path / "env"), interpreter, DEMO)
+
+
+@pytest.mark.parametrize(
+    ("files", "plain"),
+    [
+        (["bin/tool", "lib/liba.so", "share/doc/readme"], True),
+        ([], True),
+        (["bin/tool", "./etc/a"], False),
+        (["bin/tool", "lib//liba.so"], False),
+        (["lib/./liba.so"], False),
+        (["lib/../bin/tool"], False),
+        (["share/doc/"], False),
+        (["../outside"], False),
+        (["/etc/passwd"], False),
+        (["bin/tool\n/etc/passwd"], False),  # a newline makes each line a path of its own
+        (["bin/tool", 7], False),
+    ],
+)
+def test_only_paths_that_normalising_keeps_take_the_directory_at_a_time_check(
+    files: list[str], plain: bool
+) -> None:
+    assert install._plain(files) is plain
+    if plain:
+        assert [normalised(path) for path in files] == files

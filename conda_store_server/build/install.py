@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import rattler
@@ -85,14 +86,42 @@ def check_installed_paths(prefix: str) -> CondaFiles:
     installed: CondaFiles = {}
     for meta in sorted(Path(root, "conda-meta").glob("*.json")):
         record = json.loads(meta.read_bytes())
+        files = record.get("files", [])
+        if _plain(files):  # the usual case, checked a directory at a time
+            if not all(directory_inside(parent) for parent in {path.rpartition("/")[0] for path in files}):
+                _plain_path_escapes(record, files, directory_inside)
+            installed[meta.stem] = list(files)
+            continue
         paths = installed[meta.stem] = []
-        for relative in record.get("files", []):
+        for relative in files:
             path = normalised(relative)
             escapes = os.path.isabs(path) or path == ".." or path.startswith("../")
             if escapes or not directory_inside(path.rpartition("/")[0]):
-                raise BuildFailure(
-                    f"Package {record.get('name')} installs {relative!r} outside the environment "
-                    "prefix; the build was stopped and the package must be fixed."
-                )
+                raise _escape(record, relative)
             paths.append(path)
     return installed
+
+
+def _plain(files: list[str]) -> bool:
+    """No path needs `normalised` and none starts outside the prefix by itself (absolute, `..`):
+    those stay inside unless a directory on their way is a symbolic link out of it. A newline
+    in a path makes the list not plain (each line is looked at as a path of its own)."""
+    try:
+        joined = "\n" + "\n".join(files) + "\n"
+    except TypeError:
+        return False
+    return not any(part in joined for part in ("\n/", "\n.", "//", "/.", "/\n"))
+
+
+def _plain_path_escapes(record: dict, files: list[str], directory_inside: Callable[[str], bool]) -> None:
+    """Name the first path whose directory leads out of the prefix."""
+    for relative in files:
+        if not directory_inside(relative.rpartition("/")[0]):
+            raise _escape(record, relative)
+
+
+def _escape(record: dict, relative: str) -> BuildFailure:
+    return BuildFailure(
+        f"Package {record.get('name')} installs {relative!r} outside the environment "
+        "prefix; the build was stopped and the package must be fixed."
+    )

@@ -175,14 +175,19 @@ def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
     solve_started = time.monotonic()
     lock, channels = _lock(conda_store, plan, log)
     pip_entries = [] if plan.is_lockfile else _pip_entries(plan.spec)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockfile") as beside_install:
-        # stored while rattler installs (its threads leave this interpreter idle); complete
-        # only once pip has resolved, when there is pip
-        storing = None
-        if not pip_entries and not plan.restoring:
-            storing = beside_install.submit(_store_lockfile, conda_store, plan, lock)
-        records_by_platform, conda_files = _install_conda(conda_store, plan, lock, host, log)
+    # stored (while rattler installs: its threads leave this interpreter idle) even when this
+    # worker cannot install it; complete only once pip has resolved, when there is pip
+    stores_lockfile = not pip_entries and not plan.restoring
+    try:
+        records_by_platform = _records_by_platform(lock, host)
+    except BuildFailure:
+        if stores_lockfile:
+            _store_lockfile(conda_store, plan, lock)
+        raise
     records = records_by_platform[host]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockfile") as beside_install:
+        storing = beside_install.submit(_store_lockfile, conda_store, plan, lock) if stores_lockfile else None
+        conda_files = _install_conda(conda_store, plan, records, log)
     lock_bytes = storing.result() if storing is not None else None
     locked_pip = [pip.PipPackage.from_lock_entry(entry) for entry in lockfile.pip_packages(lock, host)]
 
@@ -212,11 +217,8 @@ def _build(conda_store: CondaStore, plan: BuildPlan, log: BuildLog) -> None:
     apply_retention_after_build(conda_store, plan.build_id)
 
 
-def _install_conda(
-    conda_store: CondaStore, plan: BuildPlan, lock: dict[str, Any], host: str, log: BuildLog
-) -> tuple[dict[str, list[rattler.RepoDataRecord]], CondaFiles]:
-    """Install the lockfile's conda packages for this worker's platform into a new prefix; the
-    records of every platform it covers, and the paths each installed package holds."""
+def _records_by_platform(lock: dict[str, Any], host: str) -> dict[str, list[rattler.RepoDataRecord]]:
+    """What is installed is read from the lockfile, so that it is what the lockfile says."""
     records_by_platform = lockfile.from_conda_lock(lock)
     if host not in records_by_platform:
         raise BuildFailure(
@@ -224,8 +226,13 @@ def _install_conda(
             f"{sorted(records_by_platform)}); add {host} to conda_solve_platforms, or lock an "
             f"uploaded lockfile for {host} too"
         )
-    records = records_by_platform[host]
+    return records_by_platform
 
+
+def _install_conda(
+    conda_store: CondaStore, plan: BuildPlan, records: list[rattler.RepoDataRecord], log: BuildLog
+) -> CondaFiles:
+    """Install the conda packages into a new prefix; the paths each installed package holds."""
     if os.path.lexists(plan.prefix):
         shutil.rmtree(plan.prefix)
     os.makedirs(os.path.dirname(plan.prefix), exist_ok=True)
@@ -235,7 +242,7 @@ def _install_conda(
     started = time.monotonic()
     conda_files = asyncio.run(install.install(records, plan.prefix, conda_store.package_cache_directory))
     log.write(f"installed in {time.monotonic() - started:.2f} s")
-    return records_by_platform, conda_files
+    return conda_files
 
 
 def _store_lockfile(conda_store: CondaStore, plan: BuildPlan, lock: dict[str, Any]) -> bytes:

@@ -113,3 +113,19 @@ def test_builds_start_in_a_process_that_was_waiting_for_them(client, config_file
     while _alive(last):
         assert time.monotonic() < deadline, "the waiting process outlived its worker"
         time.sleep(0.05)
+
+
+def test_a_build_is_never_handed_to_a_waiting_process_that_ended(conda_store) -> None:
+    """It was killed while it waited (out of memory, say): the build gets a process of its own."""
+    import multiprocessing
+
+    class Ended:
+        exitcode = -9
+        pid = 12345
+
+    supervisor_ = supervisor.Supervisor(conda_store, StoreRecipe(()), concurrency=1)
+    receiving, sending = multiprocessing.Pipe(duplex=False)
+    supervisor_._waiting = supervisor.WaitingProcess(Ended(), sending)  # type: ignore[arg-type]
+    assert supervisor_._hand_to_waiting(5) is None
+    assert supervisor_._waiting is None and sending.closed
+    receiving.close()

@@ -57,10 +57,11 @@ class Doorbell:
         finally:
             os.close(directory_fd)
         self._socket.setblocking(False)
+        self._poll = select.poll()
+        self._poll.register(self._socket, select.POLLIN)
 
     def wait(self, timeout: float) -> bool:
-        readable, _, _ = select.select([self._socket], [], [], timeout)
-        if not readable:
+        if not self._poll.poll(timeout * 1000):
             return False
         with contextlib.suppress(BlockingIOError):
             while True:  # a burst of rings asks for one look at the queue

@@ -64,6 +64,8 @@ KILL_GRACE_SECONDS = 3.0
 # server stopped between commit and publish): an idle worker claims it from the database
 UNANNOUNCED_AFTER_SECONDS = 10.0
 RECOVER_BUILDS_EVERY_SECONDS = 5.0
+# after a waiting build process could not be started (its fork server is being replaced, say)
+WAITING_PROCESS_RETRY_SECONDS = 10.0
 WATCH_PATHS_EVERY_SECONDS = 10.0
 STORAGE_METRICS_EVERY_SECONDS = 60.0
 QUERY_STATISTICS_EVERY_SECONDS = 3600.0
@@ -411,18 +413,21 @@ class Supervisor:
                 time.sleep(1.0)
 
     def _start(self, build_id: int) -> RunningBuild:
-        self._logs.start(build_id)
-        handed = self._hand_to_waiting(build_id)
-        process = handed or self._context.Process(
+        process = self._context.Process(
             target=_child_main,
             args=(self.recipe, build_id),
             name=f"build-{build_id}",
             daemon=False,
         )
         running = RunningBuild(build_id, process)
+        handed = None
         try:
+            self._logs.start(build_id)
+            handed = self._hand_to_waiting(build_id)
             if handed is None:
                 process.start()
+            else:
+                running.process = handed
         except Exception as error:  # noqa: BLE001 - e.g. the fork server died: the build must not stay BUILDING
             # not the build's fault: multiprocessing starts a new fork server for the next process
             log.exception("build %s: no build process could be started", build_id)
@@ -435,7 +440,7 @@ class Supervisor:
             return running
         self.running[build_id] = running
         how = " (waiting for it)" if handed is not None else ""
-        log.info("build %s started in process %s%s", build_id, process.pid, how)
+        log.info("build %s started in process %s%s", build_id, running.process.pid, how)
         self._start_shipping()
         return running
 
@@ -455,7 +460,9 @@ class Supervisor:
                 error,
                 build_id,
             )
-            _end_waiting(waiting)
+            waiting.handover.close()
+            if waiting.process.exitcode is None:
+                waiting.process.kill()  # not joined: its fork server reaps it
             return None
         waiting.handover.close()
         return waiting.process
@@ -463,6 +470,8 @@ class Supervisor:
     def _keep_a_process_waiting(self) -> None:
         """Only while no build runs: its warm-up must not slow a build down."""
         if self._waiting is not None or self.running or self._stopping:
+            return
+        if time.monotonic() < self._not_before.get("waiting process", 0.0):
             return
         receiving, sending = self._context.Pipe(duplex=False)
         process = self._context.Process(
@@ -472,6 +481,7 @@ class Supervisor:
             process.start()
         except Exception:  # noqa: BLE001 - builds then start in processes of their own, as before
             log.warning("no build process could be started ahead of its build", exc_info=True)
+            self._not_before["waiting process"] = time.monotonic() + WAITING_PROCESS_RETRY_SECONDS
             sending.close()
             return
         finally:

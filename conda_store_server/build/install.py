@@ -104,8 +104,8 @@ def check_installed_paths(prefix: str) -> CondaFiles:
 
 def _plain(files: list[str]) -> bool:
     """No path needs `normalised` and none starts outside the prefix by itself (absolute, `..`):
-    those stay inside unless a directory on their way is a symbolic link out of it. A newline
-    in a path makes the list not plain (each line is looked at as a path of its own)."""
+    those stay inside unless a directory on their way is a symbolic link out of it. The lines of
+    a path holding a newline are each looked at as a path: all plain, so is the path."""
     try:
         joined = "\n" + "\n".join(files) + "\n"
     except TypeError:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -74,6 +76,24 @@ def silence_the_doorbell(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(queue_module, "ring", lambda store_directory: None)
 
 
+@contextlib.contextmanager
+def client_cut_off_from_the_broker(store_settings: dict[str, Any]) -> Iterator[Any]:
+    """A server (and its store) whose broker does not answer; the worker's still does."""
+    from fastapi.testclient import TestClient
+    from traitlets.config import Config
+
+    from conda_store_server.server.app import CondaStoreServer
+
+    unreachable = {**store_settings, "CondaStore": {**store_settings["CondaStore"]}}
+    unreachable["CondaStore"]["celery_broker_url"] = "redis://127.0.0.1:1/0"
+    cut_off = CondaStore(config=Config(unreachable))
+    try:
+        with TestClient(CondaStoreServer(config=Config(unreachable)).create_app(cut_off)) as client:
+            yield client
+    finally:
+        cut_off.engine.dispose()
+
+
 def wait_for_doorbell(conda_store: CondaStore, timeout: float = 30) -> None:
     directory = doorbell_directory(conda_store.store_directory)
     deadline = time.monotonic() + timeout
@@ -134,20 +154,10 @@ def test_a_build_whose_message_is_lost_still_runs(
     conda_store, store_settings, config_file, tmp_path, monkeypatch
 ) -> None:
     """The server cannot reach its broker: the POST still succeeds and a worker finds the build."""
-    from fastapi.testclient import TestClient
-
     silence_the_doorbell(monkeypatch)
-    from traitlets.config import Config
-
-    from conda_store_server.server.app import CondaStoreServer
-
-    unreachable = {**store_settings, "CondaStore": {**store_settings["CondaStore"]}}
-    unreachable["CondaStore"]["celery_broker_url"] = "redis://127.0.0.1:1/0"
-    server = CondaStoreServer(config=Config(unreachable))
-    cut_off = CondaStore(config=Config(unreachable))
     worker = WorkerProcess(config_file, tmp_path / "worker.log").start()
     try:
-        with TestClient(server.create_app(cut_off)) as client:
+        with client_cut_off_from_the_broker(store_settings) as client:
             login(client)
             started = time.monotonic()
             build_id = submit(client, FAST.format(n=0))
@@ -157,7 +167,6 @@ def test_a_build_whose_message_is_lost_still_runs(
         assert "started from the database" in worker.output()
     finally:
         worker.stop()
-        cut_off.engine.dispose()
 
 
 @pytest.mark.parametrize("broker", ["sql"], indirect=True)
@@ -184,19 +193,12 @@ def test_the_doorbell_alone_starts_a_build_at_once(
 ) -> None:
     """The server's broker is unreachable: the ring still starts the build within moments,
     long before a worker would look for lost messages in the database."""
-    from fastapi.testclient import TestClient
-    from traitlets.config import Config
-
-    from conda_store_server.server.app import CondaStoreServer
     from conda_store_server.worker.supervisor import UNANNOUNCED_AFTER_SECONDS
 
-    unreachable = {**store_settings, "CondaStore": {**store_settings["CondaStore"]}}
-    unreachable["CondaStore"]["celery_broker_url"] = "redis://127.0.0.1:1/0"
-    cut_off = CondaStore(config=Config(unreachable))
     worker = WorkerProcess(config_file, tmp_path / "worker.log").start()
     try:
         wait_for_doorbell(conda_store)
-        with TestClient(CondaStoreServer(config=Config(unreachable)).create_app(cut_off)) as client:
+        with client_cut_off_from_the_broker(store_settings) as client:
             login(client)
             build_id = submit(client, FAST.format(n=0))
             build = wait_for_build(client, build_id, lambda b: b["started_on"] is not None, timeout=30)
@@ -207,7 +209,6 @@ def test_the_doorbell_alone_starts_a_build_at_once(
         assert f"build {build_id} started at the doorbell's ring" in worker.output()
     finally:
         worker.stop()
-        cut_off.engine.dispose()
 
 
 def parse_time(value: str) -> datetime.datetime:

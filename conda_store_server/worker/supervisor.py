@@ -219,7 +219,8 @@ class Supervisor:
         self._indexer: BaseProcess | None = None
         self._collector: BaseProcess | None = None
         self._lifecycle: threading.Thread | None = None
-        self._not_before: dict[str, float] = {}  # periodic job -> monotonic time it can be due
+        # periodic job (or the next waiting build process) -> monotonic time it can be due
+        self._not_before: dict[str, float] = {}
         # build logs: the children write spool files, a thread of this process ships them
         self._logs = LogShipper(conda_store.storage, conda_store.store_directory)
         self._log_keys: dict[int, str] = {}
